@@ -1,0 +1,109 @@
+"""`kvrouter` command line: serve, demo, sim-worker, check-config, bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from router.errors import ConfigError
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _cmd_serve(ns: argparse.Namespace) -> int:
+    from router.config import load_settings
+    from router.server import run
+
+    settings = load_settings(ns.config)
+    host, port = ns.listen if ns.listen else (settings.host, settings.port)
+    run(settings, host, port)
+    return 0
+
+
+def _cmd_check_config(ns: argparse.Namespace) -> int:
+    from router.config import dump_settings, load_settings
+
+    settings = load_settings(ns.file)
+    print(f"# {ns.file}: valid. Effective configuration:")
+    print(dump_settings(settings), end="")
+    return 0
+
+
+def _cmd_sim_worker(ns: argparse.Namespace) -> int:
+    from router.sim import run_sim_worker, sim_options_from_args
+
+    run_sim_worker(sim_options_from_args(ns), ns.host, ns.port)
+    return 0
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from router.demo import run_demo
+
+    return run_demo(ns)
+
+
+def _cmd_bench(ns: argparse.Namespace) -> int:
+    from router.bench import run_bench
+
+    return run_bench(ns)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvrouter", description="Session-affinity router and load balancer for LLM inference."
+    )
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the router")
+    serve.add_argument("--config", default="router.yaml", help="path to router.yaml")
+    serve.add_argument("--listen", type=_listen, help="HOST:PORT, overrides `listen` in the file")
+    serve.set_defaults(func=_cmd_serve)
+
+    check = commands.add_parser("check-config", help="validate a config and print it in full")
+    check.add_argument("file", nargs="?", default="router.yaml")
+    check.set_defaults(func=_cmd_check_config)
+
+    sim = commands.add_parser("sim-worker", help="run a simulated OpenAI-compatible worker")
+    from router.sim import add_sim_arguments
+
+    add_sim_arguments(sim)
+    sim.set_defaults(func=_cmd_sim_worker)
+
+    demo = commands.add_parser("demo", help="4 simulated workers and the router on loopback")
+    from router.demo import add_demo_arguments
+
+    add_demo_arguments(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    bench = commands.add_parser("bench", help="proxy overhead benchmark; prints a table")
+    from router.bench import add_bench_arguments
+
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return ns.func(ns)
+    except ConfigError as err:
+        print(f"kvrouter: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

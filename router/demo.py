@@ -1,0 +1,120 @@
+"""`kvrouter demo`: simulated workers and the router on loopback, no external service needed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Iterator
+
+from router.chatload import Turn, run_chat_load
+from router.config import Settings, parse_settings
+from router.launch import free_port, start_sim_worker, stop_process, wait_http_ok
+from router.server import install_fast_loop, running
+
+EXAMPLE = """\
+Try it:
+
+  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\
+       -H 'x-session-id: alice-1' \\
+       -d '{{"model": "sim-model", "messages": [{{"role": "user", "content": "Hello"}}]}}' -i
+
+  python - <<'PY'
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="unused")
+  reply = client.chat.completions.create(
+      model="sim-model", messages=[{{"role": "user", "content": "Hello"}}],
+      extra_headers={{"x-session-id": "alice-1"}})
+  print(reply.choices[0].message.content, reply.usage)
+  PY
+
+Every turn with the same x-session-id lands on the same worker (see the x-kvrouter-worker
+header). Metrics: {url}/metrics   Readiness: {url}/readyz
+"""
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=4, help="simulated workers (default 4)")
+    parser.add_argument("--port", type=int, default=0, help="router port (default: a free one)")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=0.05,
+        help="speed of the simulated GPUs' clock; 1.0 is real time (default 0.05)",
+    )
+    parser.add_argument(
+        "--load",
+        action="store_true",
+        help="run a short multi-turn chat load, print a summary, and exit",
+    )
+    parser.add_argument("--sessions", type=int, default=60)
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=16)  # fmt: skip
+
+
+@contextlib.contextmanager
+def sim_workers(count: int, time_scale: float) -> Iterator[list[str]]:
+    """`count` simulated worker processes on free ports; stopped by PID on exit."""
+    procs = []
+    urls = []
+    try:
+        for i in range(count):
+            port = free_port()
+            procs.append(start_sim_worker(f"sim-{i}", port, ["--time-scale", str(time_scale)]))
+            urls.append(f"http://127.0.0.1:{port}")
+        for proc, url in zip(procs, urls, strict=True):
+            wait_http_ok(url + "/health", proc=proc)
+        yield urls
+    finally:
+        for proc in procs:
+            stop_process(proc)
+
+
+def demo_settings(urls: list[str], port: int) -> Settings:
+    workers = [{"url": url, "name": f"sim-{i}"} for i, url in enumerate(urls)]
+    return parse_settings({"listen": f"127.0.0.1:{port}", "workers": workers}, "demo", env={})
+
+
+def _progress(total: int) -> callable:
+    done = {"n": 0}
+
+    def on_turn(turn: Turn) -> None:
+        done["n"] += 1
+        if done["n"] % max(1, total // 20) == 0 or done["n"] == total:
+            print(f"\r  load: {done['n']}/{total} turns", end="", file=sys.stderr, flush=True)
+
+    return on_turn
+
+
+async def _demo(ns: argparse.Namespace, urls: list[str]) -> int:
+    port = ns.port or free_port()
+    settings = demo_settings(urls, port)
+    url = f"http://127.0.0.1:{port}"
+    async with running(settings, "127.0.0.1", port):
+        print(f"kvrouter demo: router on {url} in front of {len(urls)} simulated workers:")
+        for i, worker_url in enumerate(urls):
+            print(f"  sim-{i}  {worker_url}")
+        print()
+        print(EXAMPLE.format(url=url))
+        if not ns.load:
+            print("Ctrl-C to stop.", flush=True)
+            await asyncio.Event().wait()
+        total = ns.sessions * ns.turns
+        print(f"Running {ns.sessions} chat sessions x {ns.turns} turns "
+              f"({ns.concurrency} at a time)...", flush=True)  # fmt: skip
+        report = await run_chat_load(
+            url, ns.sessions, ns.turns, ns.concurrency, on_turn=_progress(total)
+        )
+        print(file=sys.stderr)
+        print(report.table())
+        return 1 if report.errors else 0
+
+
+def run_demo(ns: argparse.Namespace) -> int:
+    install_fast_loop()
+    with sim_workers(ns.workers, ns.time_scale) as urls:
+        try:
+            return asyncio.run(_demo(ns, urls))
+        except KeyboardInterrupt:
+            return 0

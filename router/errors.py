@@ -1,0 +1,69 @@
+"""The router's own errors; one middleware turns each into an OpenAI-shaped JSON response."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the key and the problem."""
+
+
+class RouterError(Exception):
+    """An error a client sees: HTTP status, OpenAI error type and code, and a message."""
+
+    status = 500
+    error_type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": self.message, "type": self.error_type, "code": self.code}}
+
+
+class BadRequest(RouterError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "bad_request"
+
+
+class NotFound(RouterError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class PayloadTooLarge(RouterError):
+    status = 413
+    error_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class NoHealthyWorker(RouterError):
+    status = 503
+    error_type = "server_error"
+    code = "no_healthy_worker"
+
+    def __init__(self, message: str = "no healthy worker is available", retry_after: int = 1):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class UpstreamError(RouterError):
+    """The chosen worker failed before sending a response."""
+
+    status = 502
+    error_type = "server_error"
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, worker: str, kind: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.worker = worker
+        self.kind = kind
+        self.retryable = retryable
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"

@@ -1,0 +1,83 @@
+"""Start and stop local processes (simulated workers, routers) by PID, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_python(module_args: Sequence[str], quiet: bool = True) -> subprocess.Popen[bytes]:
+    """`python -m <module_args>` as a child process; its PID is the handle to stop it."""
+    out = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(
+        [sys.executable, "-m", *module_args],
+        env=_env(),
+        stdout=out,
+        stderr=out,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def start_sim_worker(
+    name: str, port: int, extra: Sequence[str] = (), quiet: bool = True
+) -> subprocess.Popen[bytes]:
+    return start_python(["router.sim", "--port", str(port), "--name", name, *extra], quiet)
+
+
+def wait_http_ok(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None):
+    """Poll `url` until it answers 2xx; raise if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"process {proc.pid} exited with {proc.returncode} before {url} was up"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
+                if 200 <= resp.status < 300:
+                    return
+        except (urllib.error.URLError, OSError) as err:
+            last = err
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s (last error: {last})")
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM, wait up to `grace`, then SIGKILL; always reaps the child."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def kill_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL, as a crash would."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(5)

@@ -1,0 +1,80 @@
+"""Every Prometheus collector the router exports, defined in this one place.
+
+Collectors live on a registry owned by the app (never the process-global one), so two routers in
+one process, as in the tests, never share counters. Names are stable, documented API.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The router's collectors; `prefix` comes from `metrics.prefix` in router.yaml."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, prefix: str = "kvrouter") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r, p = self.registry, prefix
+        self.requests = Counter(
+            f"{p}_requests_total", "Proxied requests by route, worker and status.",
+            ["route", "worker", "status"], registry=r,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            f"{p}_request_duration_seconds", "Accept to last byte, by route.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.first_byte_seconds = Histogram(
+            f"{p}_time_to_first_byte_seconds", "Accept to first response byte, by route.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.upstream_errors = Counter(
+            f"{p}_upstream_errors_total",
+            "Failures talking to a worker, by kind (connect, reset, timeout, status, stream).",
+            ["worker", "kind"], registry=r,
+        )  # fmt: skip
+        self.retries = Counter(
+            f"{p}_retries_total", "Requests sent again to another worker after a failure.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.rejected = Counter(
+            f"{p}_rejected_total", "Requests answered by the router itself with an error.",
+            ["code"], registry=r,
+        )  # fmt: skip
+        self.client_disconnects = Counter(
+            f"{p}_client_disconnects_total",
+            "Requests whose client went away; the upstream request was cancelled.",
+            registry=r,
+        )
+        self.worker_healthy = Gauge(
+            f"{p}_worker_healthy", "1 when the worker takes traffic, else 0.",
+            ["worker"], registry=r,
+        )  # fmt: skip
+        self.worker_inflight = Gauge(
+            f"{p}_worker_inflight", "Requests the router has open on each worker.",
+            ["worker"], registry=r,
+        )  # fmt: skip
+        self.health_transitions = Counter(
+            f"{p}_worker_health_transitions_total",
+            "Worker state changes, by new state and cause (probe, passive).",
+            ["worker", "state", "cause"], registry=r,
+        )  # fmt: skip
+        self.prompt_tokens = Counter(
+            f"{p}_prompt_tokens_total", "Prompt tokens reported in responses' usage.",
+            ["worker", "route"], registry=r,
+        )  # fmt: skip
+        self.cached_prompt_tokens = Counter(
+            f"{p}_cached_prompt_tokens_total",
+            "Prompt tokens the worker served from its prefix cache (usage.prompt_tokens_details).",
+            ["worker", "route"], registry=r,
+        )  # fmt: skip
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

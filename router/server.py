@@ -1,0 +1,62 @@
+"""Run the router until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests and
+streams finish within `shutdown_grace`, and exit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from router.app import STOPPING, build_app
+from router.config import Settings
+
+log = logging.getLogger("kvrouter")
+
+
+def install_fast_loop() -> None:
+    """Use uvloop when it is installed; it roughly doubles proxy throughput."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, host: str, port: int) -> AsyncIterator[web.AppRunner]:
+    """The router serving on host:port for the duration of the block, then drained."""
+    app = build_app(settings)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        shutdown_timeout=settings.shutdown_grace,
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=2048)
+    await site.start()
+    try:
+        yield runner
+    finally:
+        app[STOPPING]["value"] = True
+        await runner.cleanup()
+
+
+async def serve(settings: Settings, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(settings, host, port) as runner:
+        for address in runner.addresses:
+            print(f"kvrouter listening on http://{address[0]}:{address[1]}", flush=True)
+        await stop.wait()
+        log.warning("stopping: draining in-flight requests for up to %ss", settings.shutdown_grace)
+
+
+def run(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    install_fast_loop()
+    asyncio.run(serve(settings, host or settings.host, port or settings.port))

@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from router.config import dump_settings, load_settings, parse_settings
+from router.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+ONE_WORKER = {"workers": [{"url": "http://127.0.0.1:9000"}]}
+
+
+def test_example_router_yaml_is_valid_and_complete():
+    settings = load_settings(ROOT / "router.yaml", env={})
+    assert [w.name for w in settings.workers] == ["sim-0", "sim-1", "sim-2", "sim-3"]
+    assert settings.health.fall == 2 and settings.routing.vnodes == 160
+    assert "listen: 127.0.0.1:8080" in dump_settings(settings)
+
+
+def test_unknown_key_is_rejected_naming_the_key():
+    with pytest.raises(ConfigError, match=r"health\.intervall: unknown key"):
+        parse_settings({**ONE_WORKER, "health": {"intervall": 1}})
+
+
+def test_bad_value_names_key_and_problem():
+    with pytest.raises(ConfigError, match=r"routing\.vnodes: .*greater than or equal to 1"):
+        parse_settings({**ONE_WORKER, "routing": {"vnodes": 0}})
+
+
+def test_worker_url_must_be_http():
+    with pytest.raises(ConfigError, match=r"workers\.0\.url: .*http\(s\) URL"):
+        parse_settings({"workers": [{"url": "localhost:9000"}]})
+
+
+def test_no_workers_is_an_error():
+    with pytest.raises(ConfigError, match="workers"):
+        parse_settings({"workers": []})
+
+
+def test_duplicate_worker_names_are_rejected():
+    workers = [{"url": "http://a:1", "name": "x"}, {"url": "http://b:1", "name": "x"}]
+    with pytest.raises(ConfigError, match="duplicate worker names"):
+        parse_settings({"workers": workers})
+
+
+def test_key_source_names_exactly_one_place():
+    bad = {**ONE_WORKER, "session": {"sources": [{"header": "a", "cookie": "b"}]}}
+    with pytest.raises(ConfigError, match="exactly one of header, cookie, body, query"):
+        parse_settings(bad)
+
+
+def test_listen_must_be_host_and_port():
+    with pytest.raises(ConfigError, match="listen: .*HOST:PORT"):
+        parse_settings({**ONE_WORKER, "listen": "8080"})
+
+
+def test_only_5xx_statuses_can_be_retried():
+    with pytest.raises(ConfigError, match=r"retries\.on_status: .*only 5xx"):
+        parse_settings({**ONE_WORKER, "retries": {"on_status": [429]}})
+
+
+def test_environment_overrides_listen_and_workers():
+    env = {"KVROUTER_LISTEN": "0.0.0.0:9999", "KVROUTER_WORKERS": "http://a:1, http://b:2"}
+    settings = parse_settings(ONE_WORKER, env=env)
+    assert settings.listen == "0.0.0.0:9999"
+    assert [w.url for w in settings.workers] == ["http://a:1", "http://b:2"]
+
+
+def test_invalid_yaml_and_missing_file_are_config_errors(tmp_path):
+    broken = tmp_path / "r.yaml"
+    broken.write_text("workers: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_settings(broken, env={})
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        load_settings(tmp_path / "missing.yaml", env={})
