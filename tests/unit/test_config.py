@@ -49,7 +49,7 @@ def test_key_source_names_exactly_one_place():
 
 
 def test_listen_must_be_host_and_port():
-    with pytest.raises(ConfigError, match="listen: .*HOST:PORT"):
+    with pytest.raises(ConfigError, match=r"listen: .*HOST:PORT"):
         parse_settings({**ONE_WORKER, "listen": "8080"})
 
 

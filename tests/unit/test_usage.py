@@ -1,6 +1,9 @@
 from router.usage import UsageSniffer, usage_from_json
 
-USAGE = b'"usage": {"prompt_tokens": 120, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 96}}'
+USAGE = (
+    b'"usage": {"prompt_tokens": 120, "completion_tokens": 5, '
+    b'"prompt_tokens_details": {"cached_tokens": 96}}'
+)
 
 
 def test_usage_from_a_json_response():
