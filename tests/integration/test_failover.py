@@ -20,8 +20,10 @@ async def ask(http: aiohttp.ClientSession, url: str, session: str) -> tuple[int,
     headers = {"x-session-id": session}
     async with http.post(url + "/v1/chat/completions", json=chat_body(), headers=headers) as resp:
         await resp.read()
-        return resp.status, resp.headers.get("x-kvrouter-worker", ""), resp.headers.get(
-            "x-kvrouter-route", ""
+        return (
+            resp.status,
+            resp.headers.get("x-kvrouter-worker", ""),
+            resp.headers.get("x-kvrouter-route", ""),
         )
 
 
