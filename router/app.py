@@ -22,6 +22,7 @@ from router.metrics import Metrics
 from router.models import list_models
 from router.proxy import Forwarder, Outgoing, upstream_headers
 from router.session import KeyExtractor, RequestView
+from router.store import MemoryStore, SessionStore
 from router.workers import WorkerPool
 
 log = logging.getLogger("kvrouter")
@@ -34,6 +35,7 @@ EXTRACTOR = web.AppKey("extractor", KeyExtractor)
 PASSIVE = web.AppKey("passive", PassiveHealth)
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+STORE = web.AppKey("store", SessionStore)
 STOPPING = web.AppKey("stopping", dict[str, bool])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -177,6 +179,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         await checker.stop()
         await session.close()
+        await app[STORE].close()
 
 
 def build_app(settings: Settings) -> web.Application:
@@ -192,6 +195,7 @@ def build_app(settings: Settings) -> web.Application:
     app[BALANCER] = Balancer(pool, settings.routing.vnodes)
     app[EXTRACTOR] = KeyExtractor(settings.session)
     app[PASSIVE] = PassiveHealth(pool, settings.health.passive, metrics)
+    app[STORE] = MemoryStore()
     app[STOPPING] = {"value": False}
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_get("/healthz", healthz)
