@@ -39,7 +39,12 @@ def _cmd_check_config(ns: argparse.Namespace) -> int:
 def _cmd_sim_worker(ns: argparse.Namespace) -> int:
     from router.sim import run_sim_worker, sim_options_from_args
 
-    run_sim_worker(sim_options_from_args(ns), ns.host, ns.port)
+    try:
+        options = sim_options_from_args(ns)
+    except ValueError as err:
+        print(f"kvrouter sim-worker: {err}", file=sys.stderr)
+        return 2
+    run_sim_worker(options, ns.host, ns.port)
     return 0
 
 
