@@ -22,7 +22,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
@@ -33,7 +33,7 @@ def start_python(module_args: Sequence[str], quiet: bool = True) -> subprocess.P
     out = subprocess.DEVNULL if quiet else None
     return subprocess.Popen(
         [sys.executable, "-m", *module_args],
-        env=_env(),
+        env=child_env(),
         stdout=out,
         stderr=out,
         stdin=subprocess.DEVNULL,
