@@ -72,3 +72,11 @@ def test_invalid_yaml_and_missing_file_are_config_errors(tmp_path):
         load_settings(broken, env={})
     with pytest.raises(ConfigError, match="cannot read configuration"):
         load_settings(tmp_path / "missing.yaml", env={})
+
+
+def test_kubernetes_example_config_is_valid():
+    import yaml
+
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()))
+    embedded = yaml.safe_load(docs[0]["data"]["router.yaml"])
+    assert parse_settings(embedded, "deploy/kubernetes.yaml", env={}).shutdown_grace == 60
