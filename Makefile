@@ -15,14 +15,14 @@ demo: $(STAMP)  ## the router in front of 4 simulated workers, with a short chat
 	$(PY) -m router demo --load
 
 test: $(STAMP)  ## the whole test suite
-	$(PY) -m ruff check router tests loadtests bench
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 bench: $(STAMP)  ## proxy overhead, throughput, streaming and memory: prints a table
 	$(PY) -m router bench
 
 lint: $(STAMP)
-	$(PY) -m ruff check router tests loadtests bench
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from router.admin import admin_routes
 from router.balancer import Balancer
 from router.config import Settings
 from router.errors import BadRequest, NoHealthyWorker, NotFound, PayloadTooLarge, RouterError
@@ -21,7 +22,7 @@ from router.health import HealthChecker, PassiveHealth
 from router.metrics import Metrics
 from router.models import list_models
 from router.proxy import Forwarder, Outgoing, upstream_headers
-from router.session import KeyExtractor, RequestView
+from router.session import KeyExtractor, RequestView, RoutingKey
 from router.store import MemoryStore, SessionStore
 from router.workers import WorkerPool
 
@@ -182,6 +183,27 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await app[STORE].close()
 
 
+def session_locator(app: web.Application):
+    """For the admin API: where a session's key hashes and where it would be served now."""
+
+    async def locate(tenant: str, session: str) -> dict[str, object]:
+        key = RoutingKey(tenant, session).hash_key or ""
+        home = app[BALANCER].home(key)
+        try:
+            decision = app[BALANCER].choose(key)
+        except NoHealthyWorker:
+            return {"tenant": tenant, "session": session, "home": home and home.name}
+        return {
+            "tenant": tenant,
+            "session": session,
+            "home": home and home.name,
+            "worker": decision.worker.name,
+            "route": decision.route.value,
+        }
+
+    return locate
+
+
 def build_app(settings: Settings) -> web.Application:
     """A router for `settings`; start it with aiohttp's AppRunner (see router.server)."""
     app = web.Application(
@@ -202,6 +224,8 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/v1/models", models_handler)
+    if settings.admin.token:
+        app.router.add_routes(admin_routes(pool, settings.admin.token, session_locator(app)))
     for prefix in settings.proxy.prefixes:
         app.router.add_route("*", prefix.rstrip("/") + "/{tail:.*}", proxy_handler)
     return app

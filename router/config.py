@@ -175,6 +175,13 @@ class MetricsSettings(BaseModel):
     prefix: str = Field(default="kvrouter", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
+class AdminSettings(BaseModel):
+    """The operator API under /admin/ is off unless a token is set."""
+
+    model_config = _STRICT
+    token: str | None = Field(default=None, min_length=16)
+
+
 class Settings(BaseModel):
     """The whole `router.yaml`."""
 
@@ -189,6 +196,7 @@ class Settings(BaseModel):
     limits: LimitSettings = LimitSettings()
     proxy: ProxySettings = ProxySettings()
     metrics: MetricsSettings = MetricsSettings()
+    admin: AdminSettings = AdminSettings()
     shutdown_grace: PositiveSeconds = 30.0
 
     @model_validator(mode="after")
@@ -208,19 +216,16 @@ class Settings(BaseModel):
         return int(self.listen.rpartition(":")[2])
 
 
-ENV_OVERRIDES = {
-    "KVROUTER_LISTEN": "listen",
-    "KVROUTER_WORKERS": "workers",
-}
-
-
 def _apply_env(raw: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """`KVROUTER_LISTEN=host:port` and `KVROUTER_WORKERS=url,url` override the file."""
+    """`KVROUTER_LISTEN=host:port`, `KVROUTER_WORKERS=url,url` and `KVROUTER_ADMIN_TOKEN`
+    override the file."""
     merged = dict(raw)
     if listen := env.get("KVROUTER_LISTEN"):
         merged["listen"] = listen
     if workers := env.get("KVROUTER_WORKERS"):
         merged["workers"] = [{"url": u.strip()} for u in workers.split(",") if u.strip()]
+    if token := env.get("KVROUTER_ADMIN_TOKEN"):
+        merged["admin"] = {**merged.get("admin", {}), "token": token}
     return merged
 
 
