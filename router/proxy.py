@@ -118,7 +118,7 @@ class Forwarder:
                 upstream = await self._attempt(decision, out, tried, deadline - loop.time())
                 if upstream is None:
                     continue
-                return await self._relay(request, upstream, decision, out, started)
+                return await self._relay(request, upstream, decision, out, started, deadline)
             finally:
                 worker.inflight -= 1
 
@@ -209,14 +209,16 @@ class Forwarder:
         decision: Decision,
         out: Outgoing,
         started: float,
+        deadline: float,
     ) -> web.StreamResponse:
+        """Pass the answer on; `deadline` (loop time) bounds the whole request."""
         headers = self._response_headers(upstream, decision, out)
         length = upstream.content_length
         streaming = upstream.content_type == "text/event-stream"
         try:
             if not streaming and length is not None and length <= BUFFER_LIMIT:
-                return await self._relay_buffered(upstream, decision, headers, started)
-            return await self._relay_stream(request, upstream, decision, headers, started)
+                return await self._relay_buffered(upstream, decision, headers, started, deadline)
+            return await self._relay_stream(request, upstream, decision, headers, started, deadline)
         finally:
             upstream.release()
 
@@ -226,10 +228,12 @@ class Forwarder:
         decision: Decision,
         headers: CIMultiDict[str],
         started: float,
+        deadline: float,
     ) -> web.Response:
         worker = decision.worker
         try:
-            body = await upstream.read()
+            async with asyncio.timeout_at(deadline):
+                body = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as err:
             upstream.close()
             self._metrics.upstream_errors.labels(worker.name, "stream").inc()
@@ -250,6 +254,7 @@ class Forwarder:
         decision: Decision,
         headers: CIMultiDict[str],
         started: float,
+        deadline: float,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, headers=headers)
         if upstream.content_length is not None:
@@ -258,14 +263,15 @@ class Forwarder:
         sent_first = False
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-                if not sent_first:
-                    sent_first = True
-                    self._metrics.first_byte_seconds.labels(decision.route.value).observe(
-                        time.perf_counter() - started
-                    )
-                sniffer.feed(chunk)
+            async with asyncio.timeout_at(deadline):
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                    if not sent_first:
+                        sent_first = True
+                        self._metrics.first_byte_seconds.labels(decision.route.value).observe(
+                            time.perf_counter() - started
+                        )
+                    sniffer.feed(chunk)
         except (asyncio.CancelledError, ConnectionResetError):
             upstream.close()
             self._metrics.client_disconnects.inc()
@@ -288,11 +294,19 @@ class Forwarder:
         self._metrics.upstream_errors.labels(worker.name, kind).inc()
         self._passive.on_failure(worker, kind)
         self._observe(decision, 502, 0.0, first_byte=False)
-        message = f"worker {worker.name} broke off the stream: {err or type(err).__name__}"
+        if kind == "timeout":
+            message = (
+                f"stream from worker {worker.name} stopped: over timeouts.total for the request "
+                "or silent for longer than timeouts.idle"
+            )
+            code = "upstream_timeout"
+        else:
+            message = f"worker {worker.name} broke off the stream: {err or type(err).__name__}"
+            code = "upstream_stream_broken"
         log.warning(message)
         try:
             if response.content_type == "text/event-stream":
-                await response.write(sse_error_event(message, "upstream_stream_broken"))
+                await response.write(sse_error_event(message, code))
             await response.write_eof()
         except ConnectionResetError:
             pass

@@ -269,3 +269,17 @@ async def test_metrics_count_requests_and_cached_prompt_tokens(sim_fleet, router
     cached = [line for line in text.splitlines() if line.startswith("kvrouter_cached_prompt")]
     assert cached and float(cached[0].rsplit(" ", 1)[1]) > 0
     assert "kvrouter_time_to_first_byte_seconds_bucket" in text
+
+
+async def test_a_stream_longer_than_the_request_deadline_ends_with_a_timeout_event(
+    sim_fleet, router_in_process, http
+):
+    fleet = sim_fleet(1, "--decode-ms-per-token", "100", "--prefill-ms-per-token", "0")
+    async with router_in_process(fleet.settings(timeouts={"total": 1.0})) as url:
+        started = time.perf_counter()
+        body = chat_body(max_tokens=100, stream=True)
+        async with http.post(url + "/v1/chat/completions", json=body) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        assert time.perf_counter() - started < 3
+    assert "event: error" in text and "upstream_timeout" in text and "[DONE]" not in text
