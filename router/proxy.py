@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -23,7 +22,7 @@ from router.balancer import Balancer, Decision
 from router.config import RetrySettings, TimeoutSettings
 from router.errors import UpstreamError, UpstreamTimeout
 from router.health import PassiveHealth
-from router.metrics import Metrics
+from router.metrics import Children, Metrics
 from router.session import RoutingKey
 from router.usage import UsageSniffer, usage_from_json
 from router.workers import Worker
@@ -55,13 +54,14 @@ class Outgoing:
 
 def strip_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
     """Copy end-to-end headers only, including any named by the Connection header."""
-    extra: Iterable[str] = ()
+    kept = headers.copy()
+    for name in HOP_BY_HOP:
+        kept.popall(name, None)
     connection = headers.get("connection")
     if connection:
-        extra = {token.strip().lower() for token in connection.split(",")}
-    return CIMultiDict(
-        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in extra
-    )
+        for token in connection.split(","):
+            kept.popall(token.strip(), None)
+    return kept
 
 
 def upstream_headers(request: web.BaseRequest, request_id: str) -> CIMultiDict[str]:
@@ -98,6 +98,11 @@ class Forwarder:
         self._balancer = balancer
         self._passive = passive
         self._metrics = metrics
+        self._requests = Children(metrics.requests)
+        self._request_seconds = Children(metrics.request_seconds)
+        self._first_byte_seconds = Children(metrics.first_byte_seconds)
+        self._prompt_tokens = Children(metrics.prompt_tokens)
+        self._cached_prompt_tokens = Children(metrics.cached_prompt_tokens)
         self._retries = retries
         self._timeouts = timeouts
         self._client_timeout = aiohttp.ClientTimeout(
@@ -268,7 +273,7 @@ class Forwarder:
                     await response.write(chunk)
                     if not sent_first:
                         sent_first = True
-                        self._metrics.first_byte_seconds.labels(decision.route.value).observe(
+                        self._first_byte_seconds(decision.route.value).observe(
                             time.perf_counter() - started
                         )
                     sniffer.feed(chunk)
@@ -315,18 +320,18 @@ class Forwarder:
         self, decision: Decision, status: int, started: float, *, first_byte: bool
     ) -> None:
         route = decision.route.value
-        self._metrics.requests.labels(route, decision.worker.name, str(status)).inc()
+        self._requests(route, decision.worker.name, str(status)).inc()
         if started:
             elapsed = time.perf_counter() - started
-            self._metrics.request_seconds.labels(route).observe(elapsed)
+            self._request_seconds(route).observe(elapsed)
             if first_byte:
-                self._metrics.first_byte_seconds.labels(route).observe(elapsed)
+                self._first_byte_seconds(route).observe(elapsed)
 
     def _count_usage(self, decision: Decision, usage: tuple[int, int] | None) -> None:
         if usage is None:
             return
         prompt, cached = usage
         labels = (decision.worker.name, decision.route.value)
-        self._metrics.prompt_tokens.labels(*labels).inc(prompt)
+        self._prompt_tokens(*labels).inc(prompt)
         if cached:
-            self._metrics.cached_prompt_tokens.labels(*labels).inc(cached)
+            self._cached_prompt_tokens(*labels).inc(cached)
