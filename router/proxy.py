@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import orjson
@@ -41,6 +42,17 @@ WORKER_HEADER = "x-kvrouter-worker"
 ROUTE_HEADER = "x-kvrouter-route"
 
 
+class ResponseObserver(Protocol):
+    """Sees the response relayed to the client: its status, each body chunk, and `finish`
+    only once the whole body was handed to the client (never for a broken stream)."""
+
+    def start(self, status: int, streaming: bool) -> None: ...
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """What is sent upstream: the same for every attempt of one request."""
@@ -51,6 +63,7 @@ class Outgoing:
     body: bytes
     request_id: str
     key: RoutingKey
+    observer: ResponseObserver | None = None
 
 
 def strip_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
@@ -213,10 +226,13 @@ class Forwarder:
         headers = self._response_headers(upstream, decision, out)
         length = upstream.content_length
         streaming = upstream.content_type == "text/event-stream"
+        buffered = not streaming and length is not None and length <= BUFFER_LIMIT
+        if out.observer is not None:
+            out.observer.start(upstream.status, not buffered)
         try:
-            if not streaming and length is not None and length <= BUFFER_LIMIT:
-                return await self._relay_buffered(upstream, decision, headers, started)
-            return await self._relay_stream(request, upstream, decision, headers, started)
+            if buffered:
+                return await self._relay_buffered(upstream, decision, headers, started, out)
+            return await self._relay_stream(request, upstream, decision, headers, started, out)
         finally:
             upstream.release()
 
@@ -226,6 +242,7 @@ class Forwarder:
         decision: Decision,
         headers: CIMultiDict[str],
         started: float,
+        out: Outgoing | None = None,
     ) -> web.Response:
         worker = decision.worker
         try:
@@ -241,6 +258,9 @@ class Forwarder:
         if b'"usage"' in body:
             self._count_usage(decision, usage_from_json(body))
         self._observe(decision, upstream.status, started, first_byte=True)
+        if out is not None and out.observer is not None:
+            out.observer.feed(body)
+            out.observer.finish()
         return web.Response(body=body, status=upstream.status, headers=headers)
 
     async def _relay_stream(
@@ -250,8 +270,10 @@ class Forwarder:
         decision: Decision,
         headers: CIMultiDict[str],
         started: float,
+        out: Outgoing | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, headers=headers)
+        observer = out.observer if out is not None else None
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         sniffer = UsageSniffer()
@@ -266,6 +288,8 @@ class Forwarder:
                         time.perf_counter() - started
                     )
                 sniffer.feed(chunk)
+                if observer is not None:
+                    observer.feed(chunk)
         except (asyncio.CancelledError, ConnectionResetError):
             upstream.close()
             self._metrics.client_disconnects.inc()
@@ -277,6 +301,8 @@ class Forwarder:
         self._count_usage(decision, sniffer.usage)
         self._observe(decision, upstream.status, started, first_byte=not sent_first)
         await response.write_eof()
+        if observer is not None:
+            observer.finish()
         return response
 
     async def _end_broken_stream(
