@@ -16,7 +16,7 @@ from aiohttp import web
 from router.config import AuthSettings
 from router.errors import Unauthorized
 
-TENANT = "kvrouter.tenant"
+TENANT = web.RequestKey("tenant", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
