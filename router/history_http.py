@@ -64,7 +64,14 @@ async def _history_lifecycle(app: web.Application) -> AsyncIterator[None]:
     persister = Persister(store, metrics, settings.store.write_retry_deadline)
     summarizer = Summarizer(history.summary, store, client, pick, tokenizer, metrics)
     app[ORCHESTRATOR] = Orchestrator(
-        history, store, app[FORWARDER], tokenizer, persister, summarizer, metrics
+        history,
+        store,
+        app[FORWARDER],
+        tokenizer,
+        persister,
+        summarizer,
+        metrics,
+        store_wait=2 * settings.store.timeout,
     )
     try:
         yield

@@ -9,15 +9,22 @@ background. Pruned turns are handed to the summarizer, which the request never w
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from router.config import HistorySettings
-from router.context.history import Conversation, Message, decode_history, encode_entry
+from router.context.history import (
+    Conversation,
+    Message,
+    decode_history,
+    encode_entry,
+    prompt_body,
+)
 from router.context.prune import Budget, build_prompt
 from router.context.summary import Summarizer
 from router.context.tokenizer import Tokenizer
@@ -39,8 +46,10 @@ class Orchestrator:
         persister: Persister,
         summarizer: Summarizer,
         metrics: Metrics,
+        store_wait: float = 1.0,
     ) -> None:
         self._settings = settings
+        self._store_wait = store_wait
         self._store = store
         self._forwarder = forwarder
         self._tokenizer = tokenizer
@@ -99,21 +108,33 @@ class Orchestrator:
         user_write = self._persister.append(tenant, session, f"{turn}:user", entries, op="user")
         model = str(document.get("model") or "")
         self._summarizer.schedule(tenant, session, model, conversation.summary, prompt.dropped)
-        collector = ReplyCollector()
-        body = orjson.dumps({**document, "messages": prompt.messages})
+        collector = ReplyCollector(self._reply_recorder(tenant, session, turn, user_write))
+        body = prompt_body(document, prompt.messages)
         response = await self._forwarder.forward(
             request, dataclasses.replace(out, body=body, observer=collector)
         )
-        reply = collector.message()
-        if reply is not None:
+        return response
 
-            async def reply_entries() -> list[bytes]:
+    def _reply_recorder(
+        self, tenant: str, session: str, turn: str, user_write: asyncio.Task[bool]
+    ) -> Callable[[Message | None], Awaitable[None]]:
+        """Writes the reply after the user message, before the client sees the answer end, so
+        the client's next turn reads both; a slow store is waited for only `store_wait`, after
+        which the write goes on in the background."""
+
+        async def record(reply: Message | None) -> None:
+            if reply is None:
+                return
+
+            async def entries() -> list[bytes]:
                 return [encode_entry(turn, (await self._tokenizer.count([reply]))[0], reply)]
 
-            self._persister.append(
-                tenant, session, f"{turn}:reply", reply_entries, op="reply", after=user_write
+            write = self._persister.append(
+                tenant, session, f"{turn}:reply", entries, op="reply", after=user_write
             )
-        return response
+            await asyncio.wait([write], timeout=self._store_wait)
+
+        return record
 
 
 def new_messages(document: dict[str, Any]) -> list[Message]:

@@ -38,19 +38,22 @@ HOP_BY_HOP = frozenset(
     }
 )  # fmt: skip
 BUFFER_LIMIT = 1024 * 1024
+SSE_DONE = b"data: [DONE]\n\n"
 WORKER_HEADER = "x-kvrouter-worker"
 ROUTE_HEADER = "x-kvrouter-route"
 
 
 class ResponseObserver(Protocol):
-    """Sees the response relayed to the client: its status, each body chunk, and `finish`
-    only once the whole body was handed to the client (never for a broken stream)."""
+    """Sees the response relayed to the client: its status and each body chunk. `finish` is
+    awaited once the whole answer is known and before the client can see that it ended (before
+    a buffered body is sent; before an event stream's `data: [DONE]` and end), never for a
+    broken stream."""
 
     def start(self, status: int, streaming: bool) -> None: ...
 
     def feed(self, chunk: bytes) -> None: ...
 
-    def finish(self) -> None: ...
+    async def finish(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +263,7 @@ class Forwarder:
         self._observe(decision, upstream.status, started, first_byte=True)
         if out is not None and out.observer is not None:
             out.observer.feed(body)
-            out.observer.finish()
+            await out.observer.finish()
         return web.Response(body=body, status=upstream.status, headers=headers)
 
     async def _relay_stream(
@@ -274,6 +277,7 @@ class Forwarder:
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, headers=headers)
         observer = out.observer if out is not None else None
+        finished = False
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         sniffer = UsageSniffer()
@@ -281,6 +285,11 @@ class Forwarder:
         try:
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
+                if observer is not None and chunk.endswith(SSE_DONE):
+                    observer.feed(chunk)
+                    await response.write(chunk[: -len(SSE_DONE)])
+                    await observer.finish()
+                    finished, chunk = True, SSE_DONE
                 await response.write(chunk)
                 if not sent_first:
                     sent_first = True
@@ -288,7 +297,7 @@ class Forwarder:
                         time.perf_counter() - started
                     )
                 sniffer.feed(chunk)
-                if observer is not None:
+                if observer is not None and not finished:
                     observer.feed(chunk)
         except (asyncio.CancelledError, ConnectionResetError):
             upstream.close()
@@ -300,9 +309,9 @@ class Forwarder:
             return response
         self._count_usage(decision, sniffer.usage)
         self._observe(decision, upstream.status, started, first_byte=not sent_first)
+        if observer is not None and not finished:
+            await observer.finish()
         await response.write_eof()
-        if observer is not None:
-            observer.finish()
         return response
 
     async def _end_broken_stream(

@@ -6,6 +6,7 @@ be split anywhere); only choice 0 is kept. The reply counts only when the relay 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -16,9 +17,15 @@ from router.usage import MAX_PENDING
 class ReplyCollector:
     """A `ResponseObserver` that rebuilds the assistant message of a chat completion."""
 
-    __slots__ = ("_buffer", "_content", "_finished", "_pending", "_role", "_status", "_stream")
+    __slots__ = (
+        "_buffer", "_content", "_finished", "_on_finish", "_pending", "_role", "_status",
+        "_stream",
+    )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(
+        self, on_finish: Callable[[dict[str, Any] | None], Awaitable[None]] | None = None
+    ) -> None:
+        self._on_finish = on_finish
         self._status = 0
         self._stream = False
         self._finished = False
@@ -42,8 +49,11 @@ class ReplyCollector:
         for event in events:
             self._read_event(event)
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
+        """The answer is complete: hand the reply (None if it failed) to `on_finish`."""
         self._finished = True
+        if self._on_finish is not None:
+            await self._on_finish(self.message())
 
     def message(self) -> dict[str, Any] | None:
         """The assistant message, or None if the response failed or never completed."""

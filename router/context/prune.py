@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
+
 from router.context.history import SYSTEM_ROLES, Conversation, Message, Turn
 from router.errors import BadRequest
 
@@ -28,7 +30,9 @@ class Budget:
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    messages: list[Message]
+    """`messages` are encoded JSON, ready to splice into the forwarded body."""
+
+    messages: list[bytes]
     tokens: int
     history_tokens: int
     dropped: tuple[Turn, ...]
@@ -49,12 +53,13 @@ def build_prompt(
     System messages among the new ones replace the stored system prompt for this request.
     """
     new_system = [(m, n) for m, n in zip(new_messages, new_tokens, strict=True) if _is_system(m)]
-    rest = [m for m in new_messages if not _is_system(m)]
+    rest = [orjson.dumps(m) for m in new_messages if not _is_system(m)]
     rest_tokens = sum(new_tokens) - sum(n for _, n in new_system)
     if new_system:
-        system, system_tokens = [m for m, _ in new_system], sum(n for _, n in new_system)
+        system = [orjson.dumps(m) for m, _ in new_system]
+        system_tokens = sum(n for _, n in new_system)
     else:
-        system = [e.message for e in conversation.system]
+        system = [e.raw for e in conversation.system]
         system_tokens = sum(e.tokens for e in conversation.system)
     fixed = system_tokens + rest_tokens + REPLY_PRIMING_TOKENS
     if fixed > budget.tokens:
@@ -66,9 +71,9 @@ def build_prompt(
     summary = conversation.summary
     if summary is not None and fixed + summary.tokens <= budget.tokens:
         fixed += summary.tokens
-        system = [*system, summary.message()]
+        system.append(orjson.dumps(summary.message()))
     kept, dropped = _fit(conversation.turns, budget.tokens - fixed)
-    messages = [*system, *(m for turn in kept for m in turn.messages), *rest]
+    messages = [*system, *(e.raw for turn in kept for e in turn.entries), *rest]
     history = conversation.tokens + sum(new_tokens) + REPLY_PRIMING_TOKENS
     return Prompt(messages, fixed + sum(t.tokens for t in kept), history, dropped)
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from router.store.base import StoredHistory
+from router.store.keys import trim_slack
 
 
 @dataclass(slots=True)
@@ -99,7 +100,7 @@ class MemoryStore:
             conversation.ops.add(op_id)
             conversation.entries.extend(entries)
             excess = len(conversation.entries) - self._max_messages
-            if excess > 0:
+            if excess > trim_slack(self._max_messages):
                 del conversation.entries[:excess]
                 conversation.trimmed += excess
         return conversation.trimmed + len(conversation.entries)

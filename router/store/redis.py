@@ -22,26 +22,37 @@ from redis.exceptions import RedisError
 
 from router.config import StoreSettings
 from router.store.base import StoredHistory, StoreUnavailable
-from router.store.keys import session_keys
+from router.store.keys import session_keys, trim_slack
 
 log = logging.getLogger("kvrouter.store")
 
 T = TypeVar("T")
 
+# KEYS: history blob, applied op ids, meta hash, entry lengths. ARGV: op id, ttl ms, cap, slack,
+# entries. The history is one string of newline-terminated entries, so a read is one GET.
 _APPEND = """
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 and #ARGV > 3 then
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, 4))
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 and #ARGV > 4 then
+  for i = 5, #ARGV do
+    redis.call('APPEND', KEYS[1], ARGV[i] .. '\\n')
+    redis.call('RPUSH', KEYS[4], #ARGV[i] + 1)
+  end
 end
 redis.call('HSETNX', KEYS[3], 'trimmed', 0)
-local n = redis.call('LLEN', KEYS[1])
+local n = redis.call('LLEN', KEYS[4])
 local cap = tonumber(ARGV[3])
-if n > cap then
-  redis.call('LTRIM', KEYS[1], n - cap, -1)
-  redis.call('HINCRBY', KEYS[3], 'trimmed', n - cap)
+if n > cap + tonumber(ARGV[4]) then
+  local drop = n - cap
+  local bytes = 0
+  for _, len in ipairs(redis.call('LRANGE', KEYS[4], 0, drop - 1)) do
+    bytes = bytes + tonumber(len)
+  end
+  redis.call('LTRIM', KEYS[4], drop, -1)
+  redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], bytes, -1))
+  redis.call('HINCRBY', KEYS[3], 'trimmed', drop)
   n = cap
 end
 local ttl = tonumber(ARGV[2])
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
 return n + tonumber(redis.call('HGET', KEYS[3], 'trimmed'))
 """
 
@@ -146,24 +157,23 @@ class RedisStore:
 
         async def read() -> list[Any]:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lrange(keys["h"], 0, -1)
+                pipe.get(keys["h"])
                 pipe.hmget(keys["meta"], "trimmed", "summary", "through")
                 return await pipe.execute()
 
-        entries, (trimmed, summary, through) = await self._call(read)
+        blob, (trimmed, summary, through) = await self._call(read)
+        entries = tuple(blob.split(b"\n")[:-1]) if blob else ()
         return StoredHistory(
-            tuple(entries),
-            int(trimmed or 0),
-            summary,
-            int(through) if through is not None else -1,
+            entries, int(trimmed or 0), summary, int(through) if through is not None else -1
         )
 
     async def append_history(
         self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
     ) -> int:
         keys = self._keys(tenant, session)
-        names = [keys["h"], keys["ids"], keys["meta"]]
-        args = [op_id, self._ttl_ms, self._settings.max_messages, *entries]
+        names = [keys["h"], keys["ids"], keys["meta"], keys["lens"]]
+        cap = self._settings.max_messages
+        args = [op_id, self._ttl_ms, cap, trim_slack(cap), *entries]
         return int(await self._call(lambda: self._append(keys=names, args=args)))
 
     async def set_summary(self, tenant: str, session: str, summary: bytes, through: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from router.context.history import decode_history, encode_entry
@@ -25,7 +26,7 @@ def turn(i: int, user: int = 10, reply: int = 10, system: bool = False):
 
 
 def contents(prompt) -> list[str]:
-    return [m["content"] for m in prompt.messages]
+    return [orjson.loads(m)["content"] for m in prompt.messages]
 
 
 def test_everything_is_sent_when_it_fits():

@@ -16,28 +16,28 @@ def sse(*pieces: str) -> bytes:
     return body + b"data: [DONE]\n\n"
 
 
-def test_a_stream_split_anywhere_gives_back_the_whole_reply():
+async def test_a_stream_split_anywhere_gives_back_the_whole_reply():
     body = sse("Hel", "lo", " there")
     for size in (1, 7, 64, len(body)):
         collector = ReplyCollector()
         collector.start(200, streaming=True)
         for i in range(0, len(body), size):
             collector.feed(body[i : i + size])
-        collector.finish()
+        await collector.finish()
         assert collector.message() == {"role": "assistant", "content": "Hello there"}
 
 
-def test_a_buffered_completion_gives_its_message_without_empty_fields():
+async def test_a_buffered_completion_gives_its_message_without_empty_fields():
     document = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi",
                 "tool_calls": [], "refusal": None}}]}  # fmt: skip
     collector = ReplyCollector()
     collector.start(200, streaming=False)
     collector.feed(orjson.dumps(document))
-    collector.finish()
+    await collector.finish()
     assert collector.message() == {"role": "assistant", "content": "hi"}
 
 
-def test_an_unfinished_or_failed_response_gives_no_reply():
+async def test_an_unfinished_or_failed_response_gives_no_reply():
     broken = ReplyCollector()
     broken.start(200, streaming=True)
     broken.feed(sse("partial")[:60])
@@ -45,5 +45,5 @@ def test_an_unfinished_or_failed_response_gives_no_reply():
     failed = ReplyCollector()
     failed.start(500, streaming=False)
     failed.feed(b'{"error": {"message": "boom"}}')
-    failed.finish()
+    await failed.finish()
     assert failed.message() is None
