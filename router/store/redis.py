@@ -56,6 +56,11 @@ for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
 return n + tonumber(redis.call('HGET', KEYS[3], 'trimmed'))
 """
 
+_READ = """
+local meta = redis.call('HMGET', KEYS[2], 'trimmed', 'summary', 'through')
+return {redis.call('GET', KEYS[1]), meta[1], meta[2], meta[3]}
+"""
+
 _SET_SUMMARY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local through = tonumber(redis.call('HGET', KEYS[1], 'through') or '-1')
@@ -109,6 +114,7 @@ class RedisStore:
         self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
         self._append = self._redis.register_script(_APPEND)
         self._set_summary = self._redis.register_script(_SET_SUMMARY)
+        self._read = self._redis.register_script(_READ)
         self._ttl_ms = int(settings.history_ttl * 1000)
         self._backoff = _Backoff()
 
@@ -154,14 +160,10 @@ class RedisStore:
 
     async def read_history(self, tenant: str, session: str) -> StoredHistory:
         keys = self._keys(tenant, session)
-
-        async def read() -> list[Any]:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.get(keys["h"])
-                pipe.hmget(keys["meta"], "trimmed", "summary", "through")
-                return await pipe.execute()
-
-        blob, (trimmed, summary, through) = await self._call(read)
+        names = [keys["h"], keys["meta"]]
+        blob, trimmed, summary, through = await self._call(
+            lambda: self._read(keys=names, args=[])
+        )
         entries = tuple(blob.split(b"\n")[:-1]) if blob else ()
         return StoredHistory(
             entries, int(trimmed or 0), summary, int(through) if through is not None else -1
