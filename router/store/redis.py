@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -161,9 +161,7 @@ class RedisStore:
     async def read_history(self, tenant: str, session: str) -> StoredHistory:
         keys = self._keys(tenant, session)
         names = [keys["h"], keys["meta"]]
-        blob, trimmed, summary, through = await self._call(
-            lambda: self._read(keys=names, args=[])
-        )
+        blob, trimmed, summary, through = await self._call(lambda: self._read(keys=names, args=[]))
         entries = tuple(blob.split(b"\n")[:-1]) if blob else ()
         return StoredHistory(
             entries, int(trimmed or 0), summary, int(through) if through is not None else -1

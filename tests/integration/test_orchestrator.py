@@ -254,3 +254,23 @@ async def test_the_worker_tokenizer_counts_with_the_workers_tokenize_endpoint(
             expected = (await resp.json())["count"]
     user_tokens = document["turns"][0]["tokens"] - (document["tokens"] - expected)
     assert user_tokens == expected
+
+
+async def test_a_reply_is_recorded_only_when_its_stream_completes(
+    sim_fleet, router_in_process, http
+):
+    fleet = sim_fleet(1, "--time-scale", "0")
+    worker = fleet.workers[0].url
+    async with router_in_process(fleet.settings(retries={"attempts": 0})) as url:
+        async with http.post(worker + "/sim/fault", json={"drop_after_chunks": 2}) as resp:
+            assert resp.status == 200
+        status, body = await say(http, url, "s", "first", stream=True, max_tokens=8)
+        assert status == 200 and b"upstream_stream_broken" in body
+        async with http.post(worker + "/sim/fault", json={"drop_after_chunks": 0}) as resp:
+            assert resp.status == 200
+        status, _ = await say(http, url, "s", "second", stream=True, max_tokens=8)
+        assert status == 200
+        document = (await stored(http, url, "s", turns=1))[1]
+    first, second = document["turns"]
+    assert contents(first["messages"]) == ["first"] and not first["complete"]
+    assert [m["role"] for m in second["messages"]] == ["user", "assistant"]
