@@ -1,10 +1,11 @@
 """The orchestrator mode: the client sends only its new messages, the router keeps the history.
 
-One request: count the new messages, read the stored history (the only store call on the
-time-to-first-token path), rebuild and prune the prompt, start writing the user message, and
-forward through the same `Forwarder` as any request, watching the answer. When the answer has
-been relayed completely the reply is written after the user message; writes are retried in the
-background. Pruned turns are handed to the summarizer, which the request never waits for.
+One request: count the new messages; in one round trip store them and read the history before
+them (the only store call on the time-to-first-token path, so the user message is stored before
+anything is forwarded); rebuild and prune the prompt; forward through the same `Forwarder` as
+any request, watching the answer. Once the answer is complete, and before the client sees it
+end, the reply is written (retried in the background if the store is slow or down). Pruned
+turns are handed to the summarizer, which the request never waits for.
 """
 
 from __future__ import annotations
@@ -99,28 +100,44 @@ class Orchestrator:
         reserve = completion_tokens(document, self._settings)
         budget = Budget(self._settings.max_prompt_tokens, reserve)
         new_tokens = await self._tokenizer.count(new)
-        conversation = self.decode(await self.read(tenant, session))
+        build_prompt(Conversation(), new, new_tokens, budget)
+        entries = [encode_entry(turn, n, m) for m, n in zip(new, new_tokens, strict=True)]
+        stored = await self._store_user_turn(tenant, session, f"{turn}:user", entries)
+        conversation = self.decode(stored)
         prompt = build_prompt(conversation, new, new_tokens, budget)
         self._metrics.history_tokens.inc(prompt.history_tokens)
         self._metrics.history_sent_tokens.inc(prompt.tokens)
         self._metrics.pruned_turns.inc(len(prompt.dropped))
-        entries = [encode_entry(turn, n, m) for m, n in zip(new, new_tokens, strict=True)]
-        user_write = self._persister.append(tenant, session, f"{turn}:user", entries, op="user")
         model = str(document.get("model") or "")
         self._summarizer.schedule(tenant, session, model, conversation.summary, prompt.dropped)
-        collector = ReplyCollector(self._reply_recorder(tenant, session, turn, user_write))
+        collector = ReplyCollector(self._reply_recorder(tenant, session, turn))
         body = prompt_body(document, prompt.messages)
-        response = await self._forwarder.forward(
+        return await self._forwarder.forward(
             request, dataclasses.replace(out, body=body, observer=collector)
         )
-        return response
+
+    async def _store_user_turn(
+        self, tenant: str, session: str, op_id: str, entries: list[bytes]
+    ) -> StoredHistory:
+        """Store the new messages and read the history before them in one round trip, the
+        only store call before forwarding; a store that cannot take them is a 503 naming it."""
+        started = time.perf_counter()
+        try:
+            stored = await self._store.read_and_append_history(tenant, session, op_id, entries)
+        except StoreUnavailable as err:
+            self._metrics.persist_failures.labels("user").inc()
+            raise HistoryUnavailable(str(err)) from None
+        self._metrics.store_seconds.labels("read_append", self._store.name).observe(
+            time.perf_counter() - started
+        )
+        return stored
 
     def _reply_recorder(
-        self, tenant: str, session: str, turn: str, user_write: asyncio.Task[bool]
+        self, tenant: str, session: str, turn: str
     ) -> Callable[[Message | None], Awaitable[None]]:
-        """Writes the reply after the user message, before the client sees the answer end, so
-        the client's next turn reads both; a slow store is waited for only `store_wait`, after
-        which the write goes on in the background."""
+        """Writes the reply before the client sees the answer end, so the client's next turn
+        reads it; a slow store is waited for only `store_wait`, after which the write goes on
+        (retried) in the background."""
 
         async def record(reply: Message | None) -> None:
             if reply is None:
@@ -129,9 +146,7 @@ class Orchestrator:
             async def entries() -> list[bytes]:
                 return [encode_entry(turn, (await self._tokenizer.count([reply]))[0], reply)]
 
-            write = self._persister.append(
-                tenant, session, f"{turn}:reply", entries, op="reply", after=user_write
-            )
+            write = self._persister.append(tenant, session, f"{turn}:reply", entries, op="reply")
             await asyncio.wait([write], timeout=self._store_wait)
 
         return record

@@ -285,20 +285,20 @@ class Forwarder:
         try:
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
-                if observer is not None and chunk.endswith(SSE_DONE):
+                tail = chunk
+                if observer is not None and not finished:
                     observer.feed(chunk)
-                    await response.write(chunk[: -len(SSE_DONE)])
-                    await observer.finish()
-                    finished, chunk = True, SSE_DONE
-                await response.write(chunk)
+                    if chunk.endswith(SSE_DONE):
+                        await response.write(chunk[: -len(SSE_DONE)])
+                        await observer.finish()
+                        finished, tail = True, SSE_DONE
+                await response.write(tail)
                 if not sent_first:
                     sent_first = True
                     self._metrics.first_byte_seconds.labels(decision.route.value).observe(
                         time.perf_counter() - started
                     )
                 sniffer.feed(chunk)
-                if observer is not None and not finished:
-                    observer.feed(chunk)
         except (asyncio.CancelledError, ConnectionResetError):
             upstream.close()
             self._metrics.client_disconnects.inc()

@@ -56,6 +56,12 @@ class SessionStore(Protocol):
         """Append `entries` atomically after everything already stored, unless `op_id` was
         appended before; refresh the session's TTL. Returns the absolute entry count."""
 
+    async def read_and_append_history(
+        self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
+    ) -> StoredHistory:
+        """`append_history` and the history as it was just before it, in one atomic step (one
+        round trip): how a turn stores its user message before it is forwarded."""
+
     async def set_summary(self, tenant: str, session: str, summary: bytes, through: int) -> bool:
         """Store a summary of entries up to absolute index `through`, unless a summary that
         reaches as far is already stored. True when stored."""

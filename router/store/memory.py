@@ -105,6 +105,13 @@ class MemoryStore:
                 conversation.trimmed += excess
         return conversation.trimmed + len(conversation.entries)
 
+    async def read_and_append_history(
+        self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
+    ) -> StoredHistory:
+        before = await self.read_history(tenant, session)
+        await self.append_history(tenant, session, op_id, entries)
+        return before
+
     def _sweep_sessions(self) -> None:
         now = self._clock()
         self._sessions = {k: v for k, v in self._sessions.items() if v.expires > now}

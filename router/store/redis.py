@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 # KEYS: history blob, applied op ids, meta hash, entry lengths. ARGV: op id, ttl ms, cap, slack,
 # entries. The history is one string of newline-terminated entries, so a read is one GET.
-_APPEND = """
+_APPEND_BODY = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 and #ARGV > 4 then
   for i = 5, #ARGV do
     redis.call('APPEND', KEYS[1], ARGV[i] .. '\\n')
@@ -53,8 +53,14 @@ if n > cap + tonumber(ARGV[4]) then
 end
 local ttl = tonumber(ARGV[2])
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
-return n + tonumber(redis.call('HGET', KEYS[3], 'trimmed'))
 """
+_APPEND = _APPEND_BODY + "return n + tonumber(redis.call('HGET', KEYS[3], 'trimmed'))"
+_READ_AND_APPEND = (
+    "local before = redis.call('GET', KEYS[1])\n"
+    "local meta = redis.call('HMGET', KEYS[3], 'trimmed', 'summary', 'through')\n"
+    + _APPEND_BODY
+    + "return {before, meta[1], meta[2], meta[3]}"
+)
 
 _READ = """
 local meta = redis.call('HMGET', KEYS[2], 'trimmed', 'summary', 'through')
@@ -94,6 +100,16 @@ def _describe(url: str) -> str:
     return f"redis at {parts.hostname or parts.path}{f':{parts.port}' if parts.port else ''}"
 
 
+def _stored(reply: list[bytes | None]) -> StoredHistory:
+    blob, trimmed, summary, through = reply
+    return StoredHistory(
+        tuple(blob.split(b"\n")[:-1]) if blob else (),
+        int(trimmed or 0),
+        summary,
+        int(through) if through is not None else -1,
+    )
+
+
 class RedisStore:
     """Session state in Redis (`store.url`), keys `<prefix>:{<tenant>:<session>}:<part>`."""
 
@@ -115,6 +131,7 @@ class RedisStore:
         self._append = self._redis.register_script(_APPEND)
         self._set_summary = self._redis.register_script(_SET_SUMMARY)
         self._read = self._redis.register_script(_READ)
+        self._read_and_append = self._redis.register_script(_READ_AND_APPEND)
         self._ttl_ms = int(settings.history_ttl * 1000)
         self._backoff = _Backoff()
 
@@ -161,20 +178,27 @@ class RedisStore:
     async def read_history(self, tenant: str, session: str) -> StoredHistory:
         keys = self._keys(tenant, session)
         names = [keys["h"], keys["meta"]]
-        blob, trimmed, summary, through = await self._call(lambda: self._read(keys=names, args=[]))
-        entries = tuple(blob.split(b"\n")[:-1]) if blob else ()
-        return StoredHistory(
-            entries, int(trimmed or 0), summary, int(through) if through is not None else -1
-        )
+        return _stored(await self._call(lambda: self._read(keys=names, args=[])))
 
     async def append_history(
         self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
     ) -> int:
-        keys = self._keys(tenant, session)
-        names = [keys["h"], keys["ids"], keys["meta"], keys["lens"]]
-        cap = self._settings.max_messages
-        args = [op_id, self._ttl_ms, cap, trim_slack(cap), *entries]
+        names, args = self._append_call(tenant, session, op_id, entries)
         return int(await self._call(lambda: self._append(keys=names, args=args)))
+
+    async def read_and_append_history(
+        self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
+    ) -> StoredHistory:
+        names, args = self._append_call(tenant, session, op_id, entries)
+        return _stored(await self._call(lambda: self._read_and_append(keys=names, args=args)))
+
+    def _append_call(
+        self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
+    ) -> tuple[list[str], list[str | int | bytes]]:
+        keys = self._keys(tenant, session)
+        cap = self._settings.max_messages
+        names = [keys["h"], keys["ids"], keys["meta"], keys["lens"]]
+        return names, [op_id, self._ttl_ms, cap, trim_slack(cap), *entries]
 
     async def set_summary(self, tenant: str, session: str, summary: bytes, through: int) -> bool:
         key = self._keys(tenant, session)["meta"]

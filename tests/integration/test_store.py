@@ -146,3 +146,13 @@ def unused_port() -> int:
     from router.launch import free_port
 
     return free_port()
+
+
+async def test_read_and_append_returns_the_history_before_its_own_append(store):
+    await store.append_history("t", "s", "op1", [entry("a")])
+    before = await store.read_and_append_history("t", "s", "op2", [entry("b"), entry("c")])
+    assert before.entries == (entry("a"),)
+    assert (await store.read_history("t", "s")).entries == (entry("a"), entry("b"), entry("c"))
+    again = await store.read_and_append_history("t", "s", "op2", [entry("b"), entry("c")])
+    assert len(again.entries) == 3, "a retried op appends nothing"
+    assert len((await store.read_history("t", "s")).entries) == 3
