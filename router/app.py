@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from router.auth import TENANT
 from router.balancer import Balancer
@@ -115,7 +116,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     return await app[FORWARDER].forward(request, out)
 
 
-def _without_router_key(headers, request: web.Request):
+def _without_router_key(headers: CIMultiDict[str], request: web.Request) -> CIMultiDict[str]:
     """The router's own API key (auth on) is not passed on to workers."""
     if TENANT in request:
         headers.popall("Authorization", None)

@@ -1,8 +1,8 @@
 """History writes off the request path: retried until a deadline, counted, never dropped silently.
 
 Each write is an append with an operation id, so retrying one whose first try did land (a
-timeout after Redis applied it) stores it once. A write may wait for another (the reply waits
-for its user message) so a turn's entries are stored in order.
+timeout after Redis applied it) stores it once. The entries may be produced by a coroutine (the
+reply's token count may need the worker's tokenizer), which is retried the same way.
 """
 
 from __future__ import annotations
@@ -40,10 +40,9 @@ class Persister:
         entries: Entries,
         *,
         op: str,
-        after: asyncio.Task[bool] | None = None,
     ) -> asyncio.Task[bool]:
         """Start writing; the task's result says whether the write landed."""
-        task = asyncio.create_task(self._write(tenant, session, op_id, entries, op, after))
+        task = asyncio.create_task(self._write(tenant, session, op_id, entries, op))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -55,10 +54,7 @@ class Persister:
         op_id: str,
         entries: Entries,
         op: str,
-        after: asyncio.Task[bool] | None,
     ) -> bool:
-        if after is not None:
-            await asyncio.wait([after])
         payload = entries if not callable(entries) else None
         give_up = time.monotonic() + self._deadline
         delay = FIRST_RETRY_DELAY
