@@ -100,7 +100,7 @@ class Orchestrator:
         reserve = completion_tokens(document, self._settings)
         budget = Budget(self._settings.max_prompt_tokens, reserve)
         new_tokens = await self._tokenizer.count(new)
-        build_prompt(Conversation(), new, new_tokens, budget)
+        build_prompt(Conversation(), new, new_tokens, budget)  # an oversized message: 400, unstored
         entries = [encode_entry(turn, n, m) for m, n in zip(new, new_tokens, strict=True)]
         stored = await self._store_user_turn(tenant, session, f"{turn}:user", entries)
         conversation = self.decode(stored)

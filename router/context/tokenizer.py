@@ -85,6 +85,18 @@ def huggingface_tokenizer(path: str, per_message: int) -> LocalTokenizer:
     return LocalTokenizer(f"huggingface:{path}", count_text, per_message)
 
 
+class DeferredTokenizer:
+    """Loads a tokenizer in a thread, started at once, so start-up does not wait ~0.5 s for
+    the BPE tables; the first count waits for it if it is not ready yet."""
+
+    def __init__(self, name: str, load: Callable[[], Tokenizer]) -> None:
+        self.name = name
+        self._loading = asyncio.ensure_future(asyncio.to_thread(load))
+
+    async def count(self, messages: Sequence[Message]) -> list[int]:
+        return await (await asyncio.shield(self._loading)).count(messages)
+
+
 class WorkerTokenizer:
     """Asks a worker's `/tokenize` for each message, with the configured timeout."""
 
@@ -151,7 +163,8 @@ def make_tokenizer(
     """The tokenizer `history.tokenizer` names, wrapped in the estimate fallback if declared."""
     tokenizer: Tokenizer
     if settings.kind == "bpe":
-        tokenizer = bpe_tokenizer(settings.encoding, settings.per_message_tokens)
+        encoding, overhead = settings.encoding, settings.per_message_tokens
+        tokenizer = DeferredTokenizer(f"bpe:{encoding}", lambda: bpe_tokenizer(encoding, overhead))
     elif settings.kind == "huggingface":
         assert settings.path is not None
         tokenizer = huggingface_tokenizer(settings.path, settings.per_message_tokens)
