@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from router.admin import admin_routes
+from router.auth import TENANT
 from router.balancer import Balancer
 from router.config import Settings
 from router.errors import BadRequest, NoHealthyWorker, NotFound, PayloadTooLarge, RouterError
@@ -23,7 +25,7 @@ from router.metrics import Metrics
 from router.models import list_models
 from router.proxy import Forwarder, Outgoing, upstream_headers
 from router.session import KeyExtractor, RequestView, RoutingKey
-from router.store import MemoryStore, SessionStore
+from router.store import SessionStore, make_store
 from router.workers import WorkerPool
 
 log = logging.getLogger("kvrouter")
@@ -103,16 +105,23 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     request_id = request_id_of(request)
     extractor = app[EXTRACTOR]
     view = RequestView(request.headers, request.query, body if extractor.needs_body else b"")
-    key = extractor.extract(view)
+    key = extractor.extract(view, tenant=request.get(TENANT))
     out = Outgoing(
         request.method,
         request.rel_url.raw_path_qs,
-        upstream_headers(request, request_id),
+        _without_router_key(upstream_headers(request, request_id), request),
         body,
         request_id,
         key,
     )
     return await app[FORWARDER].forward(request, out)
+
+
+def _without_router_key(headers: CIMultiDict[str], request: web.Request) -> CIMultiDict[str]:
+    """The router's own API key (auth on) is not passed on to workers."""
+    if TENANT in request:
+        headers.popall("Authorization", None)
+    return headers
 
 
 async def models_handler(request: web.Request) -> web.Response:
@@ -217,9 +226,12 @@ def build_app(settings: Settings) -> web.Application:
     app[BALANCER] = Balancer(pool, settings.routing.vnodes)
     app[EXTRACTOR] = KeyExtractor(settings.session)
     app[PASSIVE] = PassiveHealth(pool, settings.health.passive, metrics)
-    app[STORE] = MemoryStore()
+    app[STORE] = make_store(settings.store)
     app[STOPPING] = {"value": False}
     app.cleanup_ctx.append(_lifecycle)
+    from router.history_http import install_history
+
+    install_history(app, settings)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import orjson
@@ -37,8 +38,22 @@ HOP_BY_HOP = frozenset(
     }
 )  # fmt: skip
 BUFFER_LIMIT = 1024 * 1024
+SSE_DONE = b"data: [DONE]\n\n"
 WORKER_HEADER = "x-kvrouter-worker"
 ROUTE_HEADER = "x-kvrouter-route"
+
+
+class ResponseObserver(Protocol):
+    """Sees the response relayed to the client: its status and each body chunk. `finish` is
+    awaited once the whole answer is known and before the client can see that it ended (before
+    a buffered body is sent; before an event stream's `data: [DONE]` and end), never for a
+    broken stream."""
+
+    def start(self, status: int, streaming: bool) -> None: ...
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    async def finish(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +66,7 @@ class Outgoing:
     body: bytes
     request_id: str
     key: RoutingKey
+    observer: ResponseObserver | None = None
 
 
 def strip_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
@@ -215,10 +231,17 @@ class Forwarder:
         headers = self._response_headers(upstream, decision, out)
         length = upstream.content_length
         streaming = upstream.content_type == "text/event-stream"
+        buffered = not streaming and length is not None and length <= BUFFER_LIMIT
+        if out.observer is not None:
+            out.observer.start(upstream.status, not buffered)
         try:
-            if not streaming and length is not None and length <= BUFFER_LIMIT:
-                return await self._relay_buffered(upstream, decision, headers, started, deadline)
-            return await self._relay_stream(request, upstream, decision, headers, started, deadline)
+            if buffered:
+                return await self._relay_buffered(
+                    upstream, decision, headers, started, deadline, out
+                )
+            return await self._relay_stream(
+                request, upstream, decision, headers, started, deadline, out
+            )
         finally:
             upstream.release()
 
@@ -229,6 +252,7 @@ class Forwarder:
         headers: CIMultiDict[str],
         started: float,
         deadline: float,
+        out: Outgoing | None = None,
     ) -> web.Response:
         worker = decision.worker
         try:
@@ -245,6 +269,9 @@ class Forwarder:
         if b'"usage"' in body:
             self._count_usage(decision, usage_from_json(body))
         self._observe(decision, upstream.status, started, first_byte=True)
+        if out is not None and out.observer is not None:
+            out.observer.feed(body)
+            await out.observer.finish()
         return web.Response(body=body, status=upstream.status, headers=headers)
 
     async def _relay_stream(
@@ -255,8 +282,11 @@ class Forwarder:
         headers: CIMultiDict[str],
         started: float,
         deadline: float,
+        out: Outgoing | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, headers=headers)
+        observer = out.observer if out is not None else None
+        finished = False
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         sniffer = UsageSniffer()
@@ -265,7 +295,14 @@ class Forwarder:
             await response.prepare(request)
             async with asyncio.timeout_at(deadline):
                 async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+                    tail = chunk
+                    if observer is not None and not finished:
+                        observer.feed(chunk)
+                        if chunk.endswith(SSE_DONE):
+                            await response.write(chunk[: -len(SSE_DONE)])
+                            await observer.finish()
+                            finished, tail = True, SSE_DONE
+                    await response.write(tail)
                     if not sent_first:
                         sent_first = True
                         self._metrics.first_byte_seconds.labels(decision.route.value).observe(
@@ -282,6 +319,8 @@ class Forwarder:
             return response
         self._count_usage(decision, sniffer.usage)
         self._observe(decision, upstream.status, started, first_byte=not sent_first)
+        if observer is not None and not finished:
+            await observer.finish()
         await response.write_eof()
         return response
 

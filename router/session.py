@@ -90,9 +90,12 @@ class KeyExtractor:
                 return value
         return self._default_tenant
 
-    def extract(self, request: RequestView, document: Any = None) -> RoutingKey:
-        """`document` is the parsed body when the caller already has it."""
-        tenant = self.tenant(request.headers)
+    def extract(
+        self, request: RequestView, document: Any = None, tenant: str | None = None
+    ) -> RoutingKey:
+        """`document` is the parsed body when the caller already has it; `tenant` is the
+        authenticated one, which wins over the tenant header."""
+        tenant = tenant or self.tenant(request.headers)
         parsed = document is not None
         for source in self._sources:
             kind, name = source.kind, source.name
