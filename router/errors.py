@@ -67,3 +67,9 @@ class UpstreamError(RouterError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class DegradedRefusal(NoHealthyWorker):
+    """Most workers are down and `routing.degraded.action` is `refuse`."""
+
+    code = "degraded_refused"

@@ -3,6 +3,7 @@ from collections import Counter
 import pytest
 
 from router.balancer import Balancer, Route
+from router.config import RoutingSettings
 from router.errors import NoHealthyWorker
 from router.workers import Worker, WorkerPool, WorkerState
 
@@ -18,6 +19,7 @@ def placement(balancer: Balancer, keys: list[str]) -> dict[str, str]:
 
 
 KEYS = [f"tenant\x1fsession-{i}" for i in range(10_000)]
+NO_SLOW_START = RoutingSettings.model_validate({"slow_start": {"window": 0}})
 
 
 def test_same_key_always_lands_on_the_same_worker():
@@ -50,7 +52,7 @@ def test_dead_worker_moves_only_its_own_keys_and_all_replicas_agree():
 
 def test_recovered_worker_takes_back_exactly_its_own_keys():
     pool = make_pool()
-    balancer = Balancer(pool)
+    balancer = Balancer(pool, NO_SLOW_START)
     before = placement(balancer, KEYS)
     pool.set_state(pool.get("w1"), WorkerState.UNHEALTHY)
     pool.set_state(pool.get("w1"), WorkerState.HEALTHY)
@@ -105,7 +107,7 @@ def test_draining_worker_takes_no_new_sessions():
 
 def test_adding_a_worker_moves_about_a_fifth_of_keys():
     pool = make_pool(4)
-    balancer = Balancer(pool)
+    balancer = Balancer(pool, NO_SLOW_START)
     before = placement(balancer, KEYS)
     pool.add(Worker("w4", "http://10.0.0.4:8000"))
     after = placement(balancer, KEYS)
