@@ -53,6 +53,20 @@ def can_take(worker: Worker, exclude: Collection[str]) -> bool:
     return worker.available and worker.name not in exclude
 
 
+def available(workers: Sequence[Worker]) -> tuple[Worker, ...]:
+    """The workers that can take new requests. A worker's state changes only through the
+    pool, which tells every policy, so policies keep this snapshot and refresh it then."""
+    return tuple(w for w in workers if w.available)
+
+
+def candidates(ready: Sequence[Worker], exclude: Collection[str]) -> Sequence[Worker]:
+    """`ready` (an `available` snapshot) without the workers already tried for this request:
+    the set `can_take` accepts, without testing each worker's state again."""
+    if not exclude:
+        return ready
+    return [w for w in ready if w.name not in exclude]
+
+
 def why_not(worker: Worker, exclude: Collection[str], now: float) -> Rehome:
     """Why `worker` cannot take this request, for a worker `can_take` refused."""
     if worker.state is WorkerState.DRAINING:

@@ -55,14 +55,16 @@ class ConsistentHash:
     ) -> Decision:
         if key is None:
             return self._unkeyed.choose(None, exclude)
-        holder = prefer or self._ring.home(key)
-        if holder is None:
+        walk = self._ring.walk(key)
+        home = next(walk, None)
+        if home is None:
             raise NoHealthyWorker()
+        holder = prefer or home
+        candidates: Iterable[Worker] = itertools.chain((holder,), walk)
+        if prefer is not None and prefer is not home:
+            candidates = itertools.chain((prefer, home), walk)
         fits = self._fits()
         admits = self._slow_start.admits
-        candidates: Iterable[Worker] = self._ring.walk(key)
-        if prefer is not None:
-            candidates = itertools.chain((prefer,), candidates)
         for worker in candidates:
             if can_take(worker, exclude) and admits(worker, key) and (fits is None or fits(worker)):
                 return self._decide(worker, holder, key, exclude)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from router.errors import NoHealthyWorker
-from router.policies.base import Decision, Route, can_take
+from router.policies.base import Decision, Route, available, candidates
 from router.policies.slow_start import SlowStart
 from router.workers import Worker
 
@@ -19,11 +19,11 @@ class LeastInflight:
 
     def __init__(self, slow_start: SlowStart) -> None:
         self._slow_start = slow_start
-        self._workers: tuple[Worker, ...] = ()
+        self._ready: tuple[Worker, ...] = ()
         self._rotation = 0
 
     def update(self, workers: Sequence[Worker]) -> None:
-        self._workers = tuple(workers)
+        self._ready = available(workers)
 
     def home(self, key: str) -> Worker | None:
         return None
@@ -35,19 +35,17 @@ class LeastInflight:
 
     def pick(self, exclude: Collection[str]) -> Worker:
         """Lowest (in-flight + 1) / weight, so idle pools still follow weights; ties rotate."""
-        workers = self._workers
-        count = len(workers)
-        weight = self._slow_start.weight
-        best: Worker | None = None
-        best_load = 0.0
-        self._rotation = (self._rotation + 1) % max(count, 1)
-        for i in range(count):
-            worker = workers[(self._rotation + i) % count]
-            if not can_take(worker, exclude):
-                continue
-            load = (worker.inflight + 1) / weight(worker)
-            if best is None or load < best_load:
-                best, best_load = worker, load
-        if best is None:
+        pool = candidates(self._ready, exclude)
+        if not pool:
             raise NoHealthyWorker()
-        return best
+        if self._slow_start.warming:
+            weight = self._slow_start.weight
+            loads = [(w.inflight + 1) / weight(w) for w in pool]
+        else:
+            loads = [(w.inflight + 1) / w.weight for w in pool]
+        self._rotation = rotation = (self._rotation + 1) % len(pool)
+        best = min(loads)
+        try:
+            return pool[loads.index(best, rotation)]
+        except ValueError:
+            return pool[loads.index(best)]

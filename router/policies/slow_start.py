@@ -47,6 +47,12 @@ class SlowStart:
 
     @property
     def warming(self) -> bool:
+        """Whether any worker is still ramping up; workers past the window are dropped."""
+        if not self._since:
+            return False
+        now = self._clock()
+        for name in [n for n, since in self._since.items() if now - since >= self._window]:
+            del self._since[name]
         return bool(self._since)
 
     def share(self, worker: Worker) -> float:
