@@ -23,6 +23,7 @@ from router.errors import BadRequest, NoHealthyWorker, NotFound, PayloadTooLarge
 from router.health import HealthChecker, PassiveHealth
 from router.metrics import Metrics
 from router.models import list_models
+from router.placement import Placement
 from router.proxy import Forwarder, Outgoing, upstream_headers
 from router.session import KeyExtractor, RequestView, RoutingKey
 from router.store import SessionStore, make_store
@@ -39,6 +40,7 @@ PASSIVE = web.AppKey("passive", PassiveHealth)
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 STORE = web.AppKey("store", SessionStore)
+PLACEMENT = web.AppKey("placement", Placement)
 STOPPING = web.AppKey("stopping", dict[str, bool])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -179,8 +181,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings, metrics, pool = app[SETTINGS], app[METRICS], app[POOL]
     session = client_session(settings)
     app[CLIENT] = session
+    placement = Placement(app[BALANCER], app[STORE], settings.routing.pins, metrics)
+    app[PLACEMENT] = placement
     app[FORWARDER] = Forwarder(
-        session, app[BALANCER], app[PASSIVE], metrics, settings.retries, settings.timeouts
+        session, placement, app[PASSIVE], metrics, settings.retries, settings.timeouts
     )
     checker = HealthChecker(pool, settings.health, session, metrics)
     checker.start()
@@ -188,6 +192,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await checker.stop()
+        await placement.close()
         await session.close()
         await app[STORE].close()
 
@@ -198,17 +203,18 @@ def session_locator(app: web.Application):
     async def locate(tenant: str, session: str) -> dict[str, object]:
         key = RoutingKey(tenant, session).hash_key or ""
         home = app[BALANCER].home(key)
-        try:
-            decision = app[BALANCER].choose(key)
-        except NoHealthyWorker:
-            return {"tenant": tenant, "session": session, "home": home and home.name}
-        return {
+        pinned = await app[STORE].get_pin(tenant, session)
+        where: dict[str, object] = {
             "tenant": tenant,
             "session": session,
             "home": home and home.name,
-            "worker": decision.worker.name,
-            "route": decision.route.value,
+            "pinned": pinned,
         }
+        try:
+            decision = app[BALANCER].choose(key, (), pinned)
+        except NoHealthyWorker:
+            return where
+        return {**where, "worker": decision.worker.name, "route": decision.route.value}
 
     return locate
 
@@ -223,8 +229,8 @@ def build_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[POOL] = pool
     app[METRICS] = metrics
-    app[BALANCER] = Balancer(pool, settings.routing.vnodes)
-    app[EXTRACTOR] = KeyExtractor(settings.session)
+    app[BALANCER] = Balancer(pool, settings.routing)
+    app[EXTRACTOR] = KeyExtractor(settings.session, settings.routing.prefix)
     app[PASSIVE] = PassiveHealth(pool, settings.health.passive, metrics)
     app[STORE] = make_store(settings.store)
     app[STOPPING] = {"value": False}

@@ -128,10 +128,56 @@ class HealthSettings(BaseModel):
         return value
 
 
+PolicyName = Literal["consistent_hash", "bounded_load", "least_inflight", "round_robin", "random"]
+
+
+class PinSettings(BaseModel):
+    """Sticky moves: a session served away from its ring home stays where its cache now is."""
+
+    model_config = _STRICT
+    enabled: bool = True
+    ttl: PositiveSeconds = Field(default=900.0, description="idle expiry, refreshed on every turn")
+    return_home: Literal["on_expiry", "when_healthy"] = "on_expiry"
+    store_timeout: PositiveSeconds = Field(
+        default=0.05, description="a pin read slower than this is skipped: the ring decides"
+    )
+
+
+class PrefixAffinitySettings(BaseModel):
+    """Requests without a session id are keyed on tenant, system prompt and first user message."""
+
+    model_config = _STRICT
+    enabled: bool = True
+    user_chars: int = Field(default=512, ge=0, le=1_000_000)
+
+
+class SlowStartSettings(BaseModel):
+    """A worker that rejoins takes a share of its keys and load growing over `window` seconds."""
+
+    model_config = _STRICT
+    window: float = Field(default=30.0, ge=0, le=3600, description="0 turns slow start off")
+    min_share: float = Field(default=0.1, gt=0, le=1)
+
+
+class DegradedSettings(BaseModel):
+    """What to do when less than `min_healthy` of the total weight is healthy."""
+
+    model_config = _STRICT
+    min_healthy: float = Field(default=0.5, ge=0, le=1)
+    action: Literal["spread", "refuse"] = "spread"
+
+
 class RoutingSettings(BaseModel):
     model_config = _STRICT
-    policy: Literal["consistent_hash"] = "consistent_hash"
+    policy: PolicyName = "bounded_load"
     vnodes: int = Field(default=160, ge=1, le=10_000)
+    load_factor: float = Field(
+        default=1.25, ge=1.0, le=10.0, description="bounded_load: cap = ceil(c x mean in-flight)"
+    )
+    pins: PinSettings = PinSettings()
+    prefix: PrefixAffinitySettings = PrefixAffinitySettings()
+    slow_start: SlowStartSettings = SlowStartSettings()
+    degraded: DegradedSettings = DegradedSettings()
 
 
 class RetrySettings(BaseModel):

@@ -91,3 +91,9 @@ class HistoryUnavailable(RouterError):
 
 class TokenizerUnavailable(HistoryUnavailable):
     code = "tokenizer_unavailable"
+
+
+class DegradedRefusal(NoHealthyWorker):
+    """Most workers are down and `routing.degraded.action` is `refuse`."""
+
+    code = "degraded_refused"

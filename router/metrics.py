@@ -122,5 +122,28 @@ class Metrics:
             registry=r,
         )
 
+        # Placement: policies, sticky moves and re-homing (router.placement).
+        self.routing_policy = Gauge(
+            f"{p}_routing_policy", "1 for the placement policy in use (routing.policy).",
+            ["policy"], registry=r,
+        )  # fmt: skip
+        self.placements = Counter(
+            f"{p}_placements_total",
+            "Placement decisions by policy and route (affinity, spill, fallback, unkeyed).",
+            ["policy", "route"], registry=r,
+        )  # fmt: skip
+        self.rehomed = Counter(
+            f"{p}_rehomed_total",
+            "Requests placed away from the worker holding their cache, by reason (dead, "
+            "ejected, draining, overloaded, retry, slow_start, return_home): each one "
+            "recomputes its prompt.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.pin_operations = Counter(
+            f"{p}_pin_operations_total",
+            "Session pin reads and writes in the store, by action and outcome (ok, error).",
+            ["action", "outcome"], registry=r,
+        )  # fmt: skip
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,11 +20,12 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.balancer import Balancer, Decision
+from router.balancer import Decision
 from router.config import RetrySettings, TimeoutSettings
 from router.errors import UpstreamError, UpstreamTimeout
 from router.health import PassiveHealth
 from router.metrics import Metrics
+from router.placement import Placement
 from router.session import RoutingKey
 from router.usage import UsageSniffer, usage_from_json
 from router.workers import Worker
@@ -41,6 +42,7 @@ BUFFER_LIMIT = 1024 * 1024
 SSE_DONE = b"data: [DONE]\n\n"
 WORKER_HEADER = "x-kvrouter-worker"
 ROUTE_HEADER = "x-kvrouter-route"
+REHOMED_HEADER = "x-kvrouter-rehomed"
 
 
 class ResponseObserver(Protocol):
@@ -99,19 +101,19 @@ def sse_error_event(message: str, code: str) -> bytes:
 
 
 class Forwarder:
-    """Sends requests to workers chosen by the balancer, with retries and passive health."""
+    """Sends requests to workers chosen by placement, with retries and passive health."""
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        balancer: Balancer,
+        placement: Placement,
         passive: PassiveHealth,
         metrics: Metrics,
         retries: RetrySettings,
         timeouts: TimeoutSettings,
     ) -> None:
         self._session = session
-        self._balancer = balancer
+        self._placement = placement
         self._passive = passive
         self._metrics = metrics
         self._retries = retries
@@ -127,7 +129,7 @@ class Forwarder:
         deadline = loop.time() + self._timeouts.total
         tried: list[str] = []
         while True:
-            decision = self._balancer.choose(out.key.hash_key, tried)
+            decision = await self._placement.place(out.key, tried)
             worker = decision.worker
             worker.inflight += 1
             try:
@@ -215,6 +217,8 @@ class Forwarder:
         headers = strip_hop_by_hop(upstream.headers)
         headers[WORKER_HEADER] = decision.worker.name
         headers[ROUTE_HEADER] = decision.route.value
+        if decision.rehomed is not None:
+            headers[REHOMED_HEADER] = decision.rehomed.value
         headers["x-request-id"] = out.request_id
         return headers
 
