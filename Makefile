@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-routing clean
+.PHONY: demo test lint bench bench-routing bench-history clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP)  ## the whole test suite
 
 bench: $(STAMP)  ## proxy overhead, throughput, streaming and memory: prints a table
 	$(PY) -m router bench
+
+bench-history: $(STAMP)  ## history read + prompt rebuild latency and client egress (needs Redis on :6379)
+	$(PY) -m bench.history_bench
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -13,17 +13,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from router.admin import admin_routes
+from router.auth import TENANT
 from router.balancer import Balancer
 from router.config import Settings
 from router.errors import BadRequest, NoHealthyWorker, NotFound, PayloadTooLarge, RouterError
 from router.health import HealthChecker, PassiveHealth
 from router.metrics import Metrics
 from router.models import list_models
+from router.placement import Placement
 from router.proxy import Forwarder, Outgoing, upstream_headers
 from router.session import KeyExtractor, RequestView, RoutingKey
-from router.store import MemoryStore, SessionStore
+from router.store import SessionStore, make_store
 from router.workers import WorkerPool
 
 log = logging.getLogger("kvrouter")
@@ -37,6 +40,7 @@ PASSIVE = web.AppKey("passive", PassiveHealth)
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 STORE = web.AppKey("store", SessionStore)
+PLACEMENT = web.AppKey("placement", Placement)
 STOPPING = web.AppKey("stopping", dict[str, bool])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -103,16 +107,23 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     request_id = request_id_of(request)
     extractor = app[EXTRACTOR]
     view = RequestView(request.headers, request.query, body if extractor.needs_body else b"")
-    key = extractor.extract(view)
+    key = extractor.extract(view, tenant=request.get(TENANT))
     out = Outgoing(
         request.method,
         request.rel_url.raw_path_qs,
-        upstream_headers(request, request_id),
+        _without_router_key(upstream_headers(request, request_id), request),
         body,
         request_id,
         key,
     )
     return await app[FORWARDER].forward(request, out)
+
+
+def _without_router_key(headers: CIMultiDict[str], request: web.Request) -> CIMultiDict[str]:
+    """The router's own API key (auth on) is not passed on to workers."""
+    if TENANT in request:
+        headers.popall("Authorization", None)
+    return headers
 
 
 async def models_handler(request: web.Request) -> web.Response:
@@ -170,8 +181,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings, metrics, pool = app[SETTINGS], app[METRICS], app[POOL]
     session = client_session(settings)
     app[CLIENT] = session
+    placement = Placement(app[BALANCER], app[STORE], settings.routing.pins, metrics)
+    app[PLACEMENT] = placement
     app[FORWARDER] = Forwarder(
-        session, app[BALANCER], app[PASSIVE], metrics, settings.retries, settings.timeouts
+        session, placement, app[PASSIVE], metrics, settings.retries, settings.timeouts
     )
     checker = HealthChecker(pool, settings.health, session, metrics)
     checker.start()
@@ -179,6 +192,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await checker.stop()
+        await placement.close()
         await session.close()
         await app[STORE].close()
 
@@ -189,17 +203,18 @@ def session_locator(app: web.Application):
     async def locate(tenant: str, session: str) -> dict[str, object]:
         key = RoutingKey(tenant, session).hash_key or ""
         home = app[BALANCER].home(key)
-        try:
-            decision = app[BALANCER].choose(key)
-        except NoHealthyWorker:
-            return {"tenant": tenant, "session": session, "home": home and home.name}
-        return {
+        pinned = await app[STORE].get_pin(tenant, session)
+        where: dict[str, object] = {
             "tenant": tenant,
             "session": session,
             "home": home and home.name,
-            "worker": decision.worker.name,
-            "route": decision.route.value,
+            "pinned": pinned,
         }
+        try:
+            decision = app[BALANCER].choose(key, (), pinned)
+        except NoHealthyWorker:
+            return where
+        return {**where, "worker": decision.worker.name, "route": decision.route.value}
 
     return locate
 
@@ -214,12 +229,15 @@ def build_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[POOL] = pool
     app[METRICS] = metrics
-    app[BALANCER] = Balancer(pool, settings.routing.vnodes)
-    app[EXTRACTOR] = KeyExtractor(settings.session)
+    app[BALANCER] = Balancer(pool, settings.routing)
+    app[EXTRACTOR] = KeyExtractor(settings.session, settings.routing.prefix)
     app[PASSIVE] = PassiveHealth(pool, settings.health.passive, metrics)
-    app[STORE] = MemoryStore()
+    app[STORE] = make_store(settings.store)
     app[STOPPING] = {"value": False}
     app.cleanup_ctx.append(_lifecycle)
+    from router.history_http import install_history
+
+    install_history(app, settings)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

@@ -128,10 +128,56 @@ class HealthSettings(BaseModel):
         return value
 
 
+PolicyName = Literal["consistent_hash", "bounded_load", "least_inflight", "round_robin", "random"]
+
+
+class PinSettings(BaseModel):
+    """Sticky moves: a session served away from its ring home stays where its cache now is."""
+
+    model_config = _STRICT
+    enabled: bool = True
+    ttl: PositiveSeconds = Field(default=900.0, description="idle expiry, refreshed on every turn")
+    return_home: Literal["on_expiry", "when_healthy"] = "on_expiry"
+    store_timeout: PositiveSeconds = Field(
+        default=0.05, description="a pin read slower than this is skipped: the ring decides"
+    )
+
+
+class PrefixAffinitySettings(BaseModel):
+    """Requests without a session id are keyed on tenant, system prompt and first user message."""
+
+    model_config = _STRICT
+    enabled: bool = True
+    user_chars: int = Field(default=512, ge=0, le=1_000_000)
+
+
+class SlowStartSettings(BaseModel):
+    """A worker that rejoins takes a share of its keys and load growing over `window` seconds."""
+
+    model_config = _STRICT
+    window: float = Field(default=30.0, ge=0, le=3600, description="0 turns slow start off")
+    min_share: float = Field(default=0.1, gt=0, le=1)
+
+
+class DegradedSettings(BaseModel):
+    """What to do when less than `min_healthy` of the total weight is healthy."""
+
+    model_config = _STRICT
+    min_healthy: float = Field(default=0.5, ge=0, le=1)
+    action: Literal["spread", "refuse"] = "spread"
+
+
 class RoutingSettings(BaseModel):
     model_config = _STRICT
-    policy: Literal["consistent_hash"] = "consistent_hash"
+    policy: PolicyName = "bounded_load"
     vnodes: int = Field(default=160, ge=1, le=10_000)
+    load_factor: float = Field(
+        default=1.25, ge=1.0, le=10.0, description="bounded_load: cap = ceil(c x mean in-flight)"
+    )
+    pins: PinSettings = PinSettings()
+    prefix: PrefixAffinitySettings = PrefixAffinitySettings()
+    slow_start: SlowStartSettings = SlowStartSettings()
+    degraded: DegradedSettings = DegradedSettings()
 
 
 class RetrySettings(BaseModel):
@@ -182,6 +228,93 @@ class AdminSettings(BaseModel):
     token: str | None = Field(default=None, min_length=16)
 
 
+class StoreSettings(BaseModel):
+    """Where session state lives: in this process (no `url`) or in Redis shared by replicas."""
+
+    model_config = _STRICT
+    url: str | None = Field(default=None, description="redis://host:port/db; unset = in memory")
+    key_prefix: str = Field(default="kvr", pattern=r"^[A-Za-z0-9_.-]+$")
+    history_ttl: PositiveSeconds = 24 * 3600.0
+    max_messages: int = Field(default=4096, ge=2, description="per session; oldest dropped")
+    timeout: PositiveSeconds = 0.5
+    pool_size: int = Field(default=64, ge=1)
+    write_retry_deadline: PositiveSeconds = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {value!r}")
+        return value
+
+
+class TokenizerSettings(BaseModel):
+    """How history is counted: a real tokenizer; an estimate only as a declared fallback."""
+
+    model_config = _STRICT
+    kind: Literal["bpe", "huggingface", "worker"] = "bpe"
+    encoding: Literal["cl100k_base", "o200k_base"] = "cl100k_base"
+    path: str | None = Field(default=None, description="tokenizer.json for kind: huggingface")
+    timeout: PositiveSeconds = 2.0
+    per_message_tokens: int = Field(default=4, ge=0, description="chat template overhead")
+    fallback: Literal["none", "estimate"] = "none"
+
+    @model_validator(mode="after")
+    def _path_for_huggingface(self) -> TokenizerSettings:
+        if self.kind == "huggingface" and not self.path:
+            raise ValueError("kind: huggingface needs path: the tokenizer.json to load")
+        return self
+
+
+class SummarySettings(BaseModel):
+    """Fold pruned turns into a running summary, in the background, with this model."""
+
+    model_config = _STRICT
+    enabled: bool = False
+    model: str | None = Field(default=None, description="unset: the model of the request")
+    max_tokens: int = Field(default=256, ge=1)
+    timeout: PositiveSeconds = 60.0
+    instruction: str = (
+        "Summarise the conversation so far in a few sentences, keeping names, facts, decisions "
+        "and open questions. Reply with the summary only."
+    )
+
+
+class HistorySettings(BaseModel):
+    """The orchestrator mode: the router keeps the conversation and rebuilds the prompt."""
+
+    model_config = _STRICT
+    header: str = "x-kvrouter-history"
+    server_routes: tuple[str, ...] = Field(
+        default=(), description="paths where history is kept by the router unless the header "
+        "says client, e.g. /v1/chat/completions",
+    )  # fmt: skip
+    max_prompt_tokens: int = Field(default=8192, ge=16)
+    default_max_tokens: int = Field(default=512, ge=1, description="reserved when unset")
+    tokenizer: TokenizerSettings = TokenizerSettings()
+    summary: SummarySettings = SummarySettings()
+
+
+class ApiKeySettings(BaseModel):
+    """One API key, kept as the SHA-256 hex digest of the key, and the tenant it belongs to."""
+
+    model_config = _STRICT
+    tenant: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class AuthSettings(BaseModel):
+    """With keys set, every /v1 request needs `Authorization: Bearer <key>`; the key names
+    the tenant, and the tenant header is ignored."""
+
+    model_config = _STRICT
+    keys: tuple[ApiKeySettings, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+
 class Settings(BaseModel):
     """The whole `router.yaml`."""
 
@@ -198,6 +331,9 @@ class Settings(BaseModel):
     metrics: MetricsSettings = MetricsSettings()
     admin: AdminSettings = AdminSettings()
     shutdown_grace: PositiveSeconds = 30.0
+    store: StoreSettings = StoreSettings()
+    history: HistorySettings = HistorySettings()
+    auth: AuthSettings = AuthSettings()
 
     @model_validator(mode="after")
     def _unique_worker_names(self) -> Settings:

@@ -67,3 +67,33 @@ class UpstreamError(RouterError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class Unauthorized(RouterError):
+    status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class HistoryUnavailable(RouterError):
+    """The session store (or the tokenizer) that orchestrator requests need cannot answer."""
+
+    status = 503
+    error_type = "server_error"
+    code = "store_unavailable"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class TokenizerUnavailable(HistoryUnavailable):
+    code = "tokenizer_unavailable"
+
+
+class DegradedRefusal(NoHealthyWorker):
+    """Most workers are down and `routing.degraded.action` is `refuse`."""
+
+    code = "degraded_refused"

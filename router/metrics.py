@@ -17,6 +17,9 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
+STORE_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
 
 
 class Children(Generic[M]):
@@ -96,6 +99,72 @@ class Metrics:
             f"{p}_cached_prompt_tokens_total",
             "Prompt tokens the worker served from its prefix cache (usage.prompt_tokens_details).",
             ["worker", "route"], registry=r,
+        )  # fmt: skip
+        # Conversation state (the orchestrator mode and the session store).
+        self.store_seconds = Histogram(
+            f"{p}_store_operation_seconds",
+            "Session store calls by operation (read, append, summary, forget, pin) and store.",
+            ["op", "store"], buckets=STORE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.history_decode_seconds = Histogram(
+            f"{p}_history_decode_seconds",
+            "State deserialization: decoding a stored history and rebuilding the prompt.",
+            buckets=STORE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.history_tokens = Counter(
+            f"{p}_history_tokens_total",
+            "Tokens of whole conversations (stored history plus the new messages) before pruning.",
+            registry=r,
+        )
+        self.history_sent_tokens = Counter(
+            f"{p}_history_sent_tokens_total",
+            "Tokens of the rebuilt prompts actually sent; sent / history = compression ratio.",
+            registry=r,
+        )
+        self.pruned_turns = Counter(
+            f"{p}_history_pruned_turns_total", "Turns left out of prompts to fit the budget.",
+            registry=r,
+        )  # fmt: skip
+        self.summaries = Counter(
+            f"{p}_history_summaries_total", "Background summaries of pruned turns, by outcome.",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.persist_retries = Counter(
+            f"{p}_history_persist_retries_total", "History writes tried again after a failure.",
+            ["op"], registry=r,
+        )  # fmt: skip
+        self.persist_failures = Counter(
+            f"{p}_history_persist_failures_total",
+            "History writes given up after retrying until the deadline (logged as errors).",
+            ["op"], registry=r,
+        )  # fmt: skip
+        self.tokenizer_fallbacks = Counter(
+            f"{p}_tokenizer_fallbacks_total",
+            "Messages counted by the declared estimate because the tokenizer failed.",
+            registry=r,
+        )
+
+        # Placement: policies, sticky moves and re-homing (router.placement).
+        self.routing_policy = Gauge(
+            f"{p}_routing_policy", "1 for the placement policy in use (routing.policy).",
+            ["policy"], registry=r,
+        )  # fmt: skip
+        self.placements = Counter(
+            f"{p}_placements_total",
+            "Placement decisions by policy and route (affinity, spill, fallback, unkeyed).",
+            ["policy", "route"], registry=r,
+        )  # fmt: skip
+        self.rehomed = Counter(
+            f"{p}_rehomed_total",
+            "Requests placed away from the worker holding their cache, by reason (dead, "
+            "ejected, draining, overloaded, retry, slow_start, return_home): each one "
+            "recomputes its prompt.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.pin_operations = Counter(
+            f"{p}_pin_operations_total",
+            "Session pin reads and writes in the store, by action and outcome (ok, error).",
+            ["action", "outcome"], registry=r,
         )  # fmt: skip
 
     def render(self) -> bytes:

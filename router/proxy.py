@@ -12,17 +12,19 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.balancer import Balancer, Decision
+from router.balancer import Decision
 from router.config import RetrySettings, TimeoutSettings
 from router.errors import UpstreamError, UpstreamTimeout
 from router.health import PassiveHealth
 from router.metrics import Children, Metrics
+from router.placement import Placement
 from router.session import RoutingKey
 from router.usage import UsageSniffer, usage_from_json
 from router.workers import Worker
@@ -36,8 +38,23 @@ HOP_BY_HOP = frozenset(
     }
 )  # fmt: skip
 BUFFER_LIMIT = 1024 * 1024
+SSE_DONE = b"data: [DONE]\n\n"
 WORKER_HEADER = "x-kvrouter-worker"
 ROUTE_HEADER = "x-kvrouter-route"
+REHOMED_HEADER = "x-kvrouter-rehomed"
+
+
+class ResponseObserver(Protocol):
+    """Sees the response relayed to the client: its status and each body chunk. `finish` is
+    awaited once the whole answer is known and before the client can see that it ended (before
+    a buffered body is sent; before an event stream's `data: [DONE]` and end), never for a
+    broken stream."""
+
+    def start(self, status: int, streaming: bool) -> None: ...
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    async def finish(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +67,7 @@ class Outgoing:
     body: bytes
     request_id: str
     key: RoutingKey
+    observer: ResponseObserver | None = None
 
 
 def strip_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
@@ -83,19 +101,19 @@ def sse_error_event(message: str, code: str) -> bytes:
 
 
 class Forwarder:
-    """Sends requests to workers chosen by the balancer, with retries and passive health."""
+    """Sends requests to workers chosen by placement, with retries and passive health."""
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        balancer: Balancer,
+        placement: Placement,
         passive: PassiveHealth,
         metrics: Metrics,
         retries: RetrySettings,
         timeouts: TimeoutSettings,
     ) -> None:
         self._session = session
-        self._balancer = balancer
+        self._placement = placement
         self._passive = passive
         self._metrics = metrics
         self._requests = Children(metrics.requests)
@@ -116,7 +134,7 @@ class Forwarder:
         deadline = loop.time() + self._timeouts.total
         tried: list[str] = []
         while True:
-            decision = self._balancer.choose(out.key.hash_key, tried)
+            decision = await self._placement.place(out.key, tried)
             worker = decision.worker
             worker.inflight += 1
             try:
@@ -204,6 +222,8 @@ class Forwarder:
         headers = strip_hop_by_hop(upstream.headers)
         headers[WORKER_HEADER] = decision.worker.name
         headers[ROUTE_HEADER] = decision.route.value
+        if decision.rehomed is not None:
+            headers[REHOMED_HEADER] = decision.rehomed.value
         headers["x-request-id"] = out.request_id
         return headers
 
@@ -220,10 +240,17 @@ class Forwarder:
         headers = self._response_headers(upstream, decision, out)
         length = upstream.content_length
         streaming = upstream.content_type == "text/event-stream"
+        buffered = not streaming and length is not None and length <= BUFFER_LIMIT
+        if out.observer is not None:
+            out.observer.start(upstream.status, not buffered)
         try:
-            if not streaming and length is not None and length <= BUFFER_LIMIT:
-                return await self._relay_buffered(upstream, decision, headers, started, deadline)
-            return await self._relay_stream(request, upstream, decision, headers, started, deadline)
+            if buffered:
+                return await self._relay_buffered(
+                    upstream, decision, headers, started, deadline, out
+                )
+            return await self._relay_stream(
+                request, upstream, decision, headers, started, deadline, out
+            )
         finally:
             upstream.release()
 
@@ -234,6 +261,7 @@ class Forwarder:
         headers: CIMultiDict[str],
         started: float,
         deadline: float,
+        out: Outgoing | None = None,
     ) -> web.Response:
         worker = decision.worker
         try:
@@ -250,6 +278,9 @@ class Forwarder:
         if b'"usage"' in body:
             self._count_usage(decision, usage_from_json(body))
         self._observe(decision, upstream.status, started, first_byte=True)
+        if out is not None and out.observer is not None:
+            out.observer.feed(body)
+            await out.observer.finish()
         return web.Response(body=body, status=upstream.status, headers=headers)
 
     async def _relay_stream(
@@ -260,8 +291,11 @@ class Forwarder:
         headers: CIMultiDict[str],
         started: float,
         deadline: float,
+        out: Outgoing | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, headers=headers)
+        observer = out.observer if out is not None else None
+        finished = False
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         sniffer = UsageSniffer()
@@ -270,7 +304,14 @@ class Forwarder:
             await response.prepare(request)
             async with asyncio.timeout_at(deadline):
                 async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+                    tail = chunk
+                    if observer is not None and not finished:
+                        observer.feed(chunk)
+                        if chunk.endswith(SSE_DONE):
+                            await response.write(chunk[: -len(SSE_DONE)])
+                            await observer.finish()
+                            finished, tail = True, SSE_DONE
+                    await response.write(tail)
                     if not sent_first:
                         sent_first = True
                         self._first_byte_seconds(decision.route.value).observe(
@@ -287,6 +328,8 @@ class Forwarder:
             return response
         self._count_usage(decision, sniffer.usage)
         self._observe(decision, upstream.status, started, first_byte=not sent_first)
+        if observer is not None and not finished:
+            await observer.finish()
         await response.write_eof()
         return response
 

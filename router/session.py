@@ -13,26 +13,31 @@ from typing import Any
 
 import orjson
 
-from router.config import KeySource, SessionSettings
+from router.config import KeySource, PrefixAffinitySettings, SessionSettings
 from router.errors import BadRequest
+from router.prefix import prefix_key
 
 MAX_SESSION_ID_LENGTH = 256
 
 
 @dataclass(frozen=True, slots=True)
 class RoutingKey:
-    """`session` is None for requests that named no session; the tenant is always set."""
+    """`session` is None for requests that named no session; then `prefix` may hold a digest
+    of the start of the prompt (prefix affinity). The tenant is always set."""
 
     tenant: str
     session: str | None = None
     source: str | None = None
+    prefix: str | None = None
 
     @property
     def hash_key(self) -> str | None:
         """The ring key: tenant-scoped so equal ids of two tenants never share state."""
-        if self.session is None:
-            return None
-        return f"{self.tenant}\x1f{self.session}"
+        if self.session is not None:
+            return f"{self.tenant}\x1f{self.session}"
+        if self.prefix is not None:
+            return f"{self.tenant}\x1e{self.prefix}"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +81,15 @@ def _cookie(headers: Mapping[str, str], name: str) -> str | None:
 class KeyExtractor:
     """Reads the session id from the first configured source that has one."""
 
-    def __init__(self, settings: SessionSettings) -> None:
+    def __init__(
+        self, settings: SessionSettings, prefix: PrefixAffinitySettings | None = None
+    ) -> None:
         self._sources: tuple[KeySource, ...] = settings.sources
         self._paths = {s.name: tuple(s.name.split(".")) for s in settings.sources if s.body}
         self._tenant_header = settings.tenant_header
         self._default_tenant = settings.default_tenant
-        self.needs_body = bool(self._paths)
+        self._prefix_chars = prefix.user_chars if prefix is not None and prefix.enabled else None
+        self.needs_body = bool(self._paths) or self._prefix_chars is not None
 
     def tenant(self, headers: Mapping[str, str]) -> str:
         if self._tenant_header:
@@ -90,9 +98,12 @@ class KeyExtractor:
                 return value
         return self._default_tenant
 
-    def extract(self, request: RequestView, document: Any = None) -> RoutingKey:
-        """`document` is the parsed body when the caller already has it."""
-        tenant = self.tenant(request.headers)
+    def extract(
+        self, request: RequestView, document: Any = None, tenant: str | None = None
+    ) -> RoutingKey:
+        """`document` is the parsed body when the caller already has it; `tenant` is the
+        authenticated one, which wins over the tenant header."""
+        tenant = tenant or self.tenant(request.headers)
         parsed = document is not None
         for source in self._sources:
             kind, name = source.kind, source.name
@@ -109,7 +120,22 @@ class KeyExtractor:
                 value = _body_field(document, self._paths[name])
             if value is not None and value != "":
                 return RoutingKey(tenant, _session_id(value, kind, name), f"{kind}:{name}")
+        if self._prefix_chars is not None:
+            return self._prefix_key(tenant, request.body, document, parsed)
         return RoutingKey(tenant)
+
+    def _prefix_key(self, tenant: str, body: bytes, document: Any, parsed: bool) -> RoutingKey:
+        """Sessionless requests keyed on their prompt's start; a body that is not JSON is
+        left for the worker to reject and routed without a key."""
+        if not parsed and body:
+            try:
+                document = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return RoutingKey(tenant)
+        digest = prefix_key(document, self._prefix_chars or 0)
+        if digest is None:
+            return RoutingKey(tenant)
+        return RoutingKey(tenant, source="prefix", prefix=digest)
 
 
 def _session_id(value: Any, kind: str, name: str) -> str:

@@ -16,6 +16,7 @@ import yaml
 from router.config import Settings, parse_settings
 from router.launch import (
     free_port,
+    kill_process,
     start_python,
     start_sim_worker,
     stop_process,
@@ -131,3 +132,96 @@ def chat_body(text: str = "Hello there", max_tokens: int = 8, **extra: Any) -> d
         "max_tokens": max_tokens,
         **extra,
     }
+
+
+@dataclass
+class RedisServer:
+    """A `redis-server` this test owns, on its own port; stop and start it by PID."""
+
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        import shutil
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_redis(self.url)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            kill_process(self.proc)
+            self.proc = None
+
+
+def _wait_redis(url: str, timeout: float = 10.0) -> None:
+    import time
+
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A fresh redis-server on a free port, killed at the end (tests may kill and restart it)."""
+    server = RedisServer(free_port()).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def shared_redis_url() -> Iterator[str]:
+    """The developer's Redis at 127.0.0.1:6379 when it answers, else one started for the run."""
+    import redis
+
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=0.3).ping()
+    except redis.RedisError:
+        server = RedisServer(free_port()).start()
+        yield server.url
+        server.kill()
+        return
+    yield url
+
+
+@pytest.fixture
+def redis_prefix(shared_redis_url: str) -> Iterator[str]:
+    """A key prefix no other test or developer uses; its keys are deleted afterwards."""
+    import uuid
+
+    import redis
+
+    prefix = f"kvrtest-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(shared_redis_url, socket_timeout=2)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

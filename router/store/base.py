@@ -1,10 +1,14 @@
 """The store interface every implementation passes the same test suite against.
 
 Every key is scoped by tenant: one tenant can never read or change another's session.
+History is kept as opaque encoded entries (see `router.store.history`), appended in arrival
+order, each append at most once per operation id, so a retried write never duplicates a turn.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -12,8 +16,26 @@ class StoreUnavailable(Exception):
     """The backing store cannot be reached; the message names the store."""
 
 
+@dataclass(frozen=True, slots=True)
+class StoredHistory:
+    """A session's history as stored: encoded entries, oldest first.
+
+    `first_index` is the absolute index of `entries[0]` (older entries were dropped by the size
+    cap); `summary` folds every entry up to absolute index `summary_through` (-1: none yet).
+    """
+
+    entries: tuple[bytes, ...] = ()
+    first_index: int = 0
+    summary: bytes | None = None
+    summary_through: int = -1
+
+
 class SessionStore(Protocol):
-    """Shared session state; implementations are safe for concurrent use by router replicas."""
+    """Shared session state; implementations are safe for concurrent use by router replicas.
+
+    Pin calls never raise because the store is unreachable: they answer None or do nothing, so
+    routing degrades to the ring. History calls raise `StoreUnavailable` instead.
+    """
 
     name: str
 
@@ -24,5 +46,27 @@ class SessionStore(Protocol):
         """Record (or refresh) where the session's cache lives for `ttl` seconds."""
 
     async def delete_pin(self, tenant: str, session: str) -> None: ...
+
+    async def read_history(self, tenant: str, session: str) -> StoredHistory:
+        """The whole history in one consistent snapshot; empty for an unknown session."""
+
+    async def append_history(
+        self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
+    ) -> int:
+        """Append `entries` atomically after everything already stored, unless `op_id` was
+        appended before; refresh the session's TTL. Returns the absolute entry count."""
+
+    async def read_and_append_history(
+        self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
+    ) -> StoredHistory:
+        """`append_history` and the history as it was just before it, in one atomic step (one
+        round trip): how a turn stores its user message before it is forwarded."""
+
+    async def set_summary(self, tenant: str, session: str, summary: bytes, through: int) -> bool:
+        """Store a summary of entries up to absolute index `through`, unless a summary that
+        reaches as far is already stored. True when stored."""
+
+    async def forget(self, tenant: str, session: str) -> bool:
+        """Drop the session's history, summary and pin. True when there was something."""
 
     async def close(self) -> None: ...

@@ -32,26 +32,33 @@ async def test_admin_api_is_off_without_a_token_and_rejects_a_bad_one(
             assert [w["name"] for w in (await resp.json())["workers"]] == ["sim-0"]
 
 
-async def test_draining_a_worker_moves_its_sessions_and_undrain_brings_them_back(
+async def test_draining_a_worker_moves_its_sessions_which_then_stay_where_their_cache_is(
     sim_fleet, router_in_process, http
 ):
     fleet = sim_fleet(2, "--time-scale", "0")
-    async with router_in_process(fleet.settings(admin={"token": TOKEN})) as url:
+    settings = fleet.settings(admin={"token": TOKEN}, routing={"slow_start": {"window": 0}})
+    async with router_in_process(settings) as url:
         home, route = await served_by(http, url, "d1")
         assert route == "affinity"
         async with http.get(url + "/admin/sessions/d1", headers=AUTH) as resp:
             assert (await resp.json())["home"] == home
         async with http.post(url + f"/admin/workers/{home}/drain", headers=AUTH) as resp:
             assert (await resp.json())["state"] == "draining"
-        worker, route = await served_by(http, url, "d1")
-        assert worker != home and route == "fallback"
+        moved_to, route = await served_by(http, url, "d1")
+        assert moved_to != home and route == "fallback"
         async with http.post(url + f"/admin/workers/{home}/undrain", headers=AUTH) as resp:
             assert resp.status == 200
         for _ in range(50):
-            if (await served_by(http, url, "d1"))[0] == home:
+            async with http.get(url + "/admin/workers", headers=AUTH) as resp:
+                states = {w["name"]: w["state"] for w in (await resp.json())["workers"]}
+            if states[home] == "healthy":
                 break
             await asyncio.sleep(0.1)
-        assert await served_by(http, url, "d1") == (home, "affinity")
+        assert states[home] == "healthy"
+        async with http.get(url + "/admin/sessions/d1", headers=AUTH) as resp:
+            where = await resp.json()
+        assert where["pinned"] == moved_to and where["worker"] == moved_to
+        assert await served_by(http, url, "d1") == (moved_to, "affinity")
 
 
 async def test_weight_changes_are_validated_and_applied(sim_fleet, router_in_process, http):

@@ -15,6 +15,14 @@ from tests.conftest import FAST_HEALTH, SimFleet, chat_body
 
 pytestmark = pytest.mark.slow
 
+# Plain consistent hashing: every worker up means every session on its ring home, whatever
+# the load; a returning worker takes its own sessions back at once.
+CONSISTENT = {
+    "policy": "consistent_hash",
+    "pins": {"return_home": "when_healthy"},
+    "slow_start": {"window": 0},
+}
+
 
 async def ask(http: aiohttp.ClientSession, url: str, session: str) -> tuple[int, str, str]:
     headers = {"x-session-id": session}
@@ -46,7 +54,7 @@ async def wait_ready_workers(http, url: str, expected: set[str], timeout: float 
 
 async def test_every_turn_of_500_sessions_lands_on_one_worker(sim_fleet, router_process, http):
     fleet = sim_fleet(4, "--time-scale", "0")
-    url, _ = router_process(fleet.config())
+    url, _ = router_process(fleet.config(routing=CONSISTENT))
     sessions = [f"chat-{i}" for i in range(500)]
     seen: dict[str, set[str]] = {s: set() for s in sessions}
     for _ in range(3):
@@ -69,7 +77,7 @@ async def test_kill_9_under_load_loses_no_request_and_moves_only_dead_workers_se
     sim_fleet, router_process, http
 ):
     fleet: SimFleet = sim_fleet(4, "--time-scale", "0.02")
-    url, _ = router_process(fleet.config())
+    url, _ = router_process(fleet.config(routing=CONSISTENT))
     sessions = [f"user-{i}" for i in range(200)]
     before = await placement(http, url, sessions)
     victim_name = Counter(before.values()).most_common(1)[0][0]
@@ -92,11 +100,17 @@ async def test_kill_9_under_load_loses_no_request_and_moves_only_dead_workers_se
     after_kill = [e for e in log if e[0] > killed_at + 0.05]
     moved = [e for e in after_kill if before[e[1]] == victim_name]
     assert len(after_kill) > 100 and moved, "the load kept running over the victim's sessions"
+    new_home: dict[str, set[str]] = {}
     for _, session, _, worker, route in after_kill:
         if before[session] == victim_name:
-            assert worker != victim_name and route == "fallback"
+            assert worker != victim_name and route in ("fallback", "affinity")
+            new_home.setdefault(session, set()).add(worker)
         else:
             assert worker == before[session], f"{session} moved although its worker lived"
+    # One fallback per session, then it is pinned to the worker that now holds its cache.
+    assert all(len(workers) == 1 for workers in new_home.values()), new_home
+    fallbacks = Counter(e[1] for e in log if e[4] == "fallback")
+    assert fallbacks and max(fallbacks.values()) == 1
 
     victim.start()
     await wait_ready_workers(http, url, {w.name for w in fleet.workers})

@@ -80,3 +80,27 @@ def test_kubernetes_example_config_is_valid():
     docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()))
     embedded = yaml.safe_load(docs[0]["data"]["router.yaml"])
     assert parse_settings(embedded, "deploy/kubernetes.yaml", env={}).shutdown_grace == 60
+
+
+def test_store_history_and_auth_sections_are_validated_by_key():
+    from router.config import parse_settings
+    from router.errors import ConfigError
+
+    base = {"workers": [{"url": "http://127.0.0.1:9000"}]}
+    settings = parse_settings({**base, "store": {"url": "redis://127.0.0.1:6379/2"}}, env={})
+    assert settings.store.history_ttl == 24 * 3600
+    assert settings.history.tokenizer.kind == "bpe"
+    bad = [
+        ({"store": {"url": "http://x"}}, "store.url"),
+        ({"history": {"tokenizer": {"kind": "huggingface"}}}, "history.tokenizer"),
+        ({"history": {"tokenizer": {"encoding": "p50k"}}}, "history.tokenizer.encoding"),
+        ({"auth": {"keys": [{"tenant": "a", "sha256": "plaintext"}]}}, "auth.keys.0.sha256"),
+        ({"history": {"max_prompt_tokenz": 5}}, "history.max_prompt_tokenz: unknown key"),
+    ]
+    for extra, named in bad:
+        try:
+            parse_settings({**base, **extra}, env={})
+        except ConfigError as err:
+            assert named in str(err), (named, str(err))
+        else:
+            raise AssertionError(f"{extra} was accepted")

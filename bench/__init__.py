@@ -1,0 +1,1 @@
+"""Micro-benchmarks; run from the repository root with `python -m bench.<name>`."""

@@ -1,0 +1,114 @@
+"""Placement decision cost: how long one choice takes with 64 workers, per policy.
+
+    python -m bench.decision_cost [--workers 64] [--decisions 200000]
+
+Times `Balancer.choose` (the pure choice) and `Placement.place` (the choice plus the session's
+pin read from the in-memory store), one call at a time with `perf_counter_ns`, over random
+session keys while worker in-flight counts change as they would under load. Prints p50, p99
+and p99.9 in microseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from router.balancer import Balancer
+from router.config import RoutingSettings
+from router.metrics import Metrics
+from router.placement import Placement
+from router.session import RoutingKey
+from router.store import MemoryStore
+from router.workers import Worker, WorkerPool
+
+POLICIES = ("consistent_hash", "bounded_load", "least_inflight", "round_robin", "random")
+
+
+def make_pool(count: int) -> WorkerPool:
+    return WorkerPool(
+        Worker(f"w{i}", f"http://10.0.{i // 250}.{i % 250}:8000") for i in range(count)
+    )
+
+
+def percentiles(samples: Sequence[int]) -> tuple[float, float, float]:
+    ordered = sorted(samples)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000  # noqa: E731
+    return pick(0.5), pick(0.99), pick(0.999)
+
+
+def churn(pool: WorkerPool, rng: random.Random) -> Callable[[Worker], None]:
+    """Keep in-flight counts moving like a loaded router's: each choice adds one request to
+    the chosen worker and one random open request finishes."""
+    workers = list(pool)
+    for worker in workers:
+        worker.inflight = rng.randint(4, 24)
+
+    def step(chosen: Worker) -> None:
+        chosen.inflight += 1
+        victim = workers[rng.randrange(len(workers))]
+        if victim.inflight:
+            victim.inflight -= 1
+
+    return step
+
+
+def time_choose(policy: str, workers: int, decisions: int, seed: int) -> list[int]:
+    pool = make_pool(workers)
+    balancer = Balancer(pool, RoutingSettings(policy=policy), rng=random.Random(seed))
+    rng = random.Random(seed)
+    keys = [f"tenant\x1fsession-{rng.randrange(10 * decisions)}" for _ in range(decisions)]
+    step = churn(pool, rng)
+    clock = time.perf_counter_ns
+    samples = []
+    for key in keys:
+        started = clock()
+        decision = balancer.choose(key)
+        samples.append(clock() - started)
+        step(decision.worker)
+    return samples
+
+
+async def time_place(workers: int, decisions: int, seed: int) -> list[int]:
+    pool = make_pool(workers)
+    routing = RoutingSettings(policy="bounded_load")
+    placement = Placement(Balancer(pool, routing), MemoryStore(), routing.pins, Metrics())
+    rng = random.Random(seed)
+    keys = [
+        RoutingKey("tenant", f"session-{rng.randrange(10 * decisions)}") for _ in range(decisions)
+    ]
+    step = churn(pool, rng)
+    clock = time.perf_counter_ns
+    samples = []
+    for key in keys:
+        started = clock()
+        decision = await placement.place(key)
+        samples.append(clock() - started)
+        step(decision.worker)
+    await placement.close()
+    return samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--decisions", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=1)
+    ns = parser.parse_args(argv)
+    print(f"placement decision cost, {ns.workers} workers, {ns.decisions} decisions each (µs)")
+    print(f"{'step':<34}{'p50':>8}{'p99':>8}{'p99.9':>8}")
+    for policy in POLICIES:
+        time_choose(policy, ns.workers, 2_000, ns.seed)  # warm up
+        p50, p99, p999 = percentiles(time_choose(policy, ns.workers, ns.decisions, ns.seed))
+        print(f"{'choose: ' + policy:<34}{p50:>8.1f}{p99:>8.1f}{p999:>8.1f}")
+    samples = asyncio.run(time_place(ns.workers, ns.decisions, ns.seed))
+    p50, p99, p999 = percentiles(samples)
+    print(f"{'place: bounded_load + pin read':<34}{p50:>8.1f}{p99:>8.1f}{p999:>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

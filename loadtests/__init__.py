@@ -1,0 +1,1 @@
+"""Load tests and routing benchmarks: run from the repository root (see docs/placement.md)."""

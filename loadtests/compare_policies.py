@@ -1,0 +1,227 @@
+"""Compare placement policies on the same seeded chat workload, against the oracle.
+
+    python -m loadtests.compare_policies            # about 5 minutes
+    python -m loadtests.compare_policies --quick    # about a minute
+
+Starts 4 simulated workers whose prefix caches cannot hold every session, then for each policy
+a router process, plays the same workload through it and prints: prefix-cache hit ratio
+(cached / prompt tokens from `usage`) and its fraction of the oracle's, TTFT p50/p99, throughput,
+and the busiest worker's in-flight load over the mean. Saves a PNG under loadtests/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from loadtests.fleet import SimSettings, running_fleet, running_router
+from loadtests.oracle import CacheFigures, replay
+from loadtests.player import Player, Record
+from loadtests.report import Summary, summarise, table
+from loadtests.workload import PROFILES, Profile, plan_users
+
+OUT = Path(__file__).resolve().parent / "out"
+WORKERS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    label: str
+    routing: dict[str, Any]
+    session_ids: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    profile: Profile
+    sim: SimSettings
+    variants: tuple[Variant, ...]
+
+
+def _variants(*names: str) -> tuple[Variant, ...]:
+    return tuple(Variant(name, {"policy": name}) for name in names)
+
+
+SCENARIOS = {
+    "uniform": Scenario(
+        PROFILES["uniform"],
+        SimSettings(cache_tokens=40_000),
+        (
+            *_variants(
+                "consistent_hash", "bounded_load", "least_inflight", "round_robin", "random"
+            ),
+            Variant("bounded_load, no session id (prefix key)", {"policy": "bounded_load"}, False),
+        ),
+    ),
+    "skewed": Scenario(
+        PROFILES["skewed"],
+        SimSettings(cache_tokens=56_000),
+        _variants("consistent_hash", "bounded_load"),
+    ),
+    "fanout": Scenario(
+        PROFILES["fanout"],
+        SimSettings(cache_tokens=56_000),
+        _variants("consistent_hash", "bounded_load"),
+    ),
+}
+
+
+def quick(scenario: Scenario) -> Scenario:
+    """About a minute in all: half the users and caches, a third of the turns, three policies."""
+    profile = scenario.profile
+    turns = max(4, profile.turns_per_user // 3)
+    smaller = replace(profile, users=max(8, profile.users // 2), turns_per_user=turns)
+    cache = scenario.sim.cache_tokens // 2
+    keep = tuple(v for v in scenario.variants if v.label in QUICK_LABELS)
+    return Scenario(smaller, replace(scenario.sim, cache_tokens=cache), keep)
+
+
+QUICK_LABELS = {"consistent_hash", "bounded_load", "round_robin"}
+
+
+def progress(label: str, total: int):
+    state = {"done": 0, "shown": 0.0}
+
+    def on_record(_: Record) -> None:
+        state["done"] += 1
+        now = time.monotonic()
+        if now - state["shown"] > 2 or state["done"] == total:
+            state["shown"] = now
+            print(f"\r  {label}: {state['done']}/{total} requests", end="", file=sys.stderr,
+                  flush=True)  # fmt: skip
+
+    return on_record
+
+
+def run_scenario(name: str, scenario: Scenario, seed: int) -> tuple[CacheFigures, list[Summary]]:
+    users = plan_users(scenario.profile, seed)
+    total = sum(len(t.users_text) for u in users for s in u for t in s.turns)
+    print(f"[{name}] {len(users)} users, {total} requests; computing the oracle...",
+          file=sys.stderr, flush=True)  # fmt: skip
+    oracle = replay(users, WORKERS, scenario.sim.cache_tokens)
+    summaries = []
+    with running_fleet(scenario.sim, WORKERS) as fleet:
+        for variant in scenario.variants:
+            fleet.reset_caches()
+            with running_router(fleet, variant.routing) as url:
+                player = Player(
+                    url,
+                    scenario.sim.time_scale,
+                    send_session_id=variant.session_ids,
+                    on_record=progress(f"[{name}] {variant.label}", total),
+                )
+                wall = asyncio.run(player.run(users, seed))
+            print(file=sys.stderr)
+            summaries.append(summarise(variant.label, player.records, fleet.names, wall))
+    return oracle, summaries
+
+
+def render(name: str, oracle: CacheFigures, summaries: list[Summary], scale: float) -> str:
+    header = ["policy", "hit ratio", "of oracle", "TTFT p50", "TTFT p99", "req/s",
+              "peak/mean", "spill", "fallback", "errors"]  # fmt: skip
+    rows = []
+    for s in summaries:
+        rows.append([
+            s.label, f"{s.hit_ratio:.1%}", f"{s.hit_ratio / oracle.hit_ratio:.0%}",
+            f"{s.ttft_p50 / scale * 1e3:.0f} ms", f"{s.ttft_p99 / scale * 1e3:.0f} ms",
+            f"{s.throughput:.1f}", f"{s.spread.peak_over_mean:.2f}",
+            str(s.routes.get("spill", 0)), str(s.routes.get("fallback", 0)), str(s.errors),
+        ])  # fmt: skip
+    rows.append(["oracle", f"{oracle.hit_ratio:.1%}", "100%", "", "", "", "", "", "", ""])
+    return f"[{name}]\n" + table(rows, header)
+
+
+def plot(name: str, oracle: CacheFigures, summaries: list[Summary], scale: float) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [s.label.replace(", ", ",\n").replace(" (", "\n(") for s in summaries]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    axes[0].bar(labels, [s.hit_ratio for s in summaries], color="tab:blue")
+    axes[0].axhline(oracle.hit_ratio, color="black", linestyle="--", label="oracle")
+    axes[0].set_title("prefix-cache hit ratio")
+    axes[0].legend()
+    p50 = [s.ttft_p50 / scale * 1e3 for s in summaries]
+    p99 = [s.ttft_p99 / scale * 1e3 for s in summaries]
+    xs = range(len(summaries))
+    axes[1].bar([x - 0.2 for x in xs], p50, width=0.4, label="p50")
+    axes[1].bar([x + 0.2 for x in xs], p99, width=0.4, label="p99")
+    axes[1].set_xticks(list(xs), labels)
+    axes[1].set_yscale("log")
+    axes[1].set_title("TTFT (simulated ms)")
+    axes[1].legend()
+    axes[2].bar(labels, [s.spread.peak_over_mean for s in summaries], color="tab:orange")
+    axes[2].axhline(1.3, color="black", linestyle="--", label="1.3")
+    axes[2].set_title("busiest worker's in-flight / mean")
+    axes[2].legend()
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"kvrouter placement policies, {name} workload, {WORKERS} workers")
+    fig.tight_layout()
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"policies-{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_json(name: str, oracle: CacheFigures, summaries: list[Summary]) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"policies-{name}.json"
+    runs = [
+        {
+            **asdict(s),
+            "routes": dict(s.routes),
+            "rehomed": dict(s.rehomed),
+            "hit_ratio": s.hit_ratio,
+        }
+        for s in summaries
+    ]
+    doc = {"oracle": {**asdict(oracle), "hit_ratio": oracle.hit_ratio}, "runs": runs}
+    path.write_text(json.dumps(doc, indent=2, default=str))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller run, about a minute")
+    parser.add_argument(
+        "--scenarios", default="uniform,skewed", help="uniform, skewed, fanout (comma-separated)"
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--only", action="append", default=[], help="run only this label (repeatable)"
+    )
+    ns = parser.parse_args(argv)
+    started = time.monotonic()
+    outputs = []
+    for name in ns.scenarios.split(","):
+        scenario = SCENARIOS[name]
+        if ns.quick:
+            scenario = quick(scenario)
+        if ns.only:
+            wanted = set(ns.only)
+            scenario = replace(scenario, variants=tuple(v for v in scenario.variants
+                                                        if v.label in wanted))  # fmt: skip
+        oracle, summaries = run_scenario(name, scenario, ns.seed)
+        scale = scenario.sim.time_scale
+        outputs.append(render(name, oracle, summaries, scale))
+        png = plot(name, oracle, summaries, scale)
+        save_json(name, oracle, summaries)
+        print(outputs[-1], flush=True)
+        print(f"plot: {png}\n", flush=True)
+    print(f"TTFT in simulated milliseconds (wall time / {scale}); "
+          f"whole run {time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Play a planned workload against a router over real HTTP and record every request.
+
+Each user is a coroutine running its sessions back to back: it sends the growing history as a
+streaming chat completion, reads the reply chunk by chunk (noting the first token), appends the
+reply to the history and thinks before the next turn. Think times are in simulated seconds and
+are scaled by the workers' clock so the whole run keeps the shape of real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from loadtests.workload import SYSTEM_PROMPTS, SessionPlan, TurnPlan
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One request; times are seconds since the start of the run."""
+
+    user: int
+    session: str
+    turn: int
+    started: float
+    first_token: float | None
+    ended: float
+    status: int
+    worker: str
+    route: str
+    rehomed: str
+    prompt_tokens: int
+    cached_tokens: int
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and not self.error
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.started
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    text: str
+    first_token: float | None
+    prompt_tokens: int
+    cached_tokens: int
+    error: str
+
+
+class Player:
+    """Runs users against one router URL; `records` fills as requests finish."""
+
+    def __init__(
+        self,
+        url: str,
+        time_scale: float,
+        *,
+        send_session_id: bool = True,
+        request_timeout: float = 120.0,
+        on_record: Callable[[Record], None] | None = None,
+    ) -> None:
+        self._url = url + "/v1/chat/completions"
+        self._scale = time_scale
+        self._send_session_id = send_session_id
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=5)
+        self._on_record = on_record
+        self._t0 = 0.0
+        self.records: list[Record] = []
+
+    def now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    async def run(self, users: Sequence[Sequence[SessionPlan]], seed: int = 0) -> float:
+        """Play every user to the end; returns the wall-clock seconds it took."""
+        rng = random.Random(seed)
+        width = max((len(t.users_text) for u in users for s in u for t in s.turns), default=1)
+        connector = aiohttp.TCPConnector(limit=len(users) * width + 8)
+        self._t0 = time.perf_counter()
+        async with aiohttp.ClientSession(connector=connector, timeout=self._timeout) as http:
+            first_think = max((t.think for u in users for s in u for t in s.turns), default=0.0)
+            delays = [rng.uniform(0, first_think) * self._scale for _ in users]
+            await asyncio.gather(
+                *(self._user(http, i, sessions, delays[i]) for i, sessions in enumerate(users))
+            )
+        return self.now()
+
+    async def _user(
+        self, http: aiohttp.ClientSession, user: int, sessions: Sequence[SessionPlan], delay: float
+    ) -> None:
+        await asyncio.sleep(delay)
+        for plan in sessions:
+            history: list[dict[str, str]] = [
+                {"role": "system", "content": SYSTEM_PROMPTS[plan.system]}
+            ]
+            for number, turn in enumerate(plan.turns, start=1):
+                if number > 1:
+                    await asyncio.sleep(turn.think * self._scale)
+                reply = await self._turn(http, user, plan.id, number, history, turn)
+                history.append({"role": "user", "content": turn.users_text[0]})
+                if reply is not None:
+                    history.append({"role": "assistant", "content": reply})
+
+    async def _turn(
+        self,
+        http: aiohttp.ClientSession,
+        user: int,
+        session: str,
+        number: int,
+        history: list[dict[str, str]],
+        turn: TurnPlan,
+    ) -> str | None:
+        """All requests of one turn (several for an agent's fan-out); the first one's reply."""
+        requests = [
+            self._request(http, user, session, number, [*history, {"role": "user", "content": t}],
+                          turn.max_tokens)
+            for t in turn.users_text
+        ]  # fmt: skip
+        replies = await asyncio.gather(*requests)
+        return replies[0]
+
+    async def _request(
+        self,
+        http: aiohttp.ClientSession,
+        user: int,
+        session: str,
+        number: int,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+    ) -> str | None:
+        body = orjson.dumps(
+            {"model": "sim-model", "messages": messages, "max_tokens": max_tokens, "stream": True,
+             "stream_options": {"include_usage": True}}
+        )  # fmt: skip
+        headers = {"content-type": "application/json"}
+        if self._send_session_id:
+            headers["x-session-id"] = session
+        started = self.now()
+        status, worker, route, rehomed = 0, "", "", ""
+        try:
+            async with http.post(self._url, data=body, headers=headers) as resp:
+                status = resp.status
+                worker = resp.headers.get("x-kvrouter-worker", "")
+                route = resp.headers.get("x-kvrouter-route", "")
+                rehomed = resp.headers.get("x-kvrouter-rehomed", "")
+                if status != 200:
+                    reply = _Reply("", None, 0, 0, (await resp.text())[:200])
+                else:
+                    reply = await self._read_stream(resp)
+        except (aiohttp.ClientError, TimeoutError) as err:
+            reply = _Reply("", None, 0, 0, repr(err)[:200])
+        record = Record(
+            user, session, number, started, reply.first_token, self.now(), status, worker, route,
+            rehomed, reply.prompt_tokens, reply.cached_tokens, reply.error,
+        )  # fmt: skip
+        self.records.append(record)
+        if self._on_record is not None:
+            self._on_record(record)
+        return reply.text if record.ok else None
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse) -> _Reply:
+        pieces: list[str] = []
+        first: float | None = None
+        usage: dict[str, Any] = {}
+        done = False
+        error = ""
+        async for line in resp.content:
+            if line.startswith(b"event: error"):
+                error = "stream ended with an error event"
+            if not line.startswith(b"data: "):
+                continue
+            data = line[6:].strip()
+            if data == b"[DONE]":
+                done = True
+                break
+            chunk = orjson.loads(data)
+            if "error" in chunk:
+                error = str(chunk["error"].get("message", "error"))[:200]
+                continue
+            for choice in chunk.get("choices") or ():
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    if first is None:
+                        first = self.now()
+                    pieces.append(content)
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+        if not done and not error:
+            error = "stream ended before [DONE]"
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        return _Reply("".join(pieces), first, usage.get("prompt_tokens", 0), cached, error)

@@ -1,0 +1,133 @@
+"""Figures of one run from its request records: cache hit ratio, TTFT, throughput, load spread."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from loadtests.player import Record
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpread:
+    """`peak_over_mean`: the busiest worker's time-averaged in-flight count over the mean of
+    all workers'. `instant`: the same ratio at each instant, averaged over time."""
+
+    peak_over_mean: float
+    instant: float
+    mean_inflight: float
+
+
+def load_spread(records: Sequence[Record], workers: Sequence[str], window: tuple[float, float]):
+    """In-flight requests per worker, integrated over `window` from request start/end times."""
+    start, end = window
+    events: list[tuple[float, int, str]] = []
+    for r in records:
+        if r.worker and r.ended > start and r.started < end:
+            events.append((max(r.started, start), 1, r.worker))
+            events.append((min(r.ended, end), -1, r.worker))
+    events.sort()
+    inflight = dict.fromkeys(workers, 0)
+    area = dict.fromkeys(workers, 0.0)
+    instant_area = busy_time = 0.0
+    last = start
+    for at, delta, worker in events:
+        span = at - last
+        if span > 0:
+            total = sum(inflight.values())
+            for name, count in inflight.items():
+                area[name] += count * span
+            if total:
+                instant_area += max(inflight.values()) / (total / len(workers)) * span
+                busy_time += span
+            last = at
+        inflight[worker] = inflight.get(worker, 0) + delta
+    duration = max(end - start, 1e-9)
+    means = [a / duration for a in area.values()]
+    overall = sum(means) / len(means) if means else 0.0
+    return LoadSpread(
+        max(means) / overall if overall else float("nan"),
+        instant_area / busy_time if busy_time else float("nan"),
+        overall,
+    )
+
+
+def steady_window(records: Sequence[Record]) -> tuple[float, float]:
+    """From the moment every user has started until the first user finished: the part of the
+    run where the whole population is active. The whole run when that is empty."""
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for r in records:
+        first[r.user] = min(first.get(r.user, r.started), r.started)
+        last[r.user] = max(last.get(r.user, r.ended), r.ended)
+    if not first:
+        return 0.0, 0.0
+    start, end = max(first.values()), min(last.values())
+    if end - start < 1.0:
+        return min(first.values()), max(last.values())
+    return start, end
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    label: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    cached_tokens: int
+    ttft_p50: float
+    ttft_p99: float
+    throughput: float
+    spread: LoadSpread
+    routes: Counter[str] = field(default_factory=Counter)
+    rehomed: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+def summarise(
+    label: str, records: Sequence[Record], workers: Sequence[str], wall: float
+) -> Summary:
+    ok = [r for r in records if r.ok]
+    ttfts = [r.ttft for r in ok if r.ttft is not None]
+    return Summary(
+        label=label,
+        requests=len(records),
+        errors=len(records) - len(ok),
+        prompt_tokens=sum(r.prompt_tokens for r in ok),
+        cached_tokens=sum(r.cached_tokens for r in ok),
+        ttft_p50=percentile(ttfts, 0.5),
+        ttft_p99=percentile(ttfts, 0.99),
+        throughput=len(ok) / wall if wall else 0.0,
+        spread=load_spread(records, workers, steady_window(records)),
+        routes=Counter(r.route for r in records),
+        rehomed=Counter(r.rehomed for r in records if r.rehomed),
+    )
+
+
+def per_worker(records: Sequence[Record]) -> dict[str, int]:
+    counts: defaultdict[str, int] = defaultdict(int)
+    for r in records:
+        counts[r.worker] += 1
+    return dict(counts)
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    line = "  ".join("-" * w for w in widths)
+
+    def fmt(row: Sequence[str]) -> str:
+        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(row, widths, strict=True)))  # fmt: skip
+
+    return "\n".join([fmt(header), line, *(fmt(r) for r in rows)])

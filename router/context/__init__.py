@@ -1,0 +1,1 @@
+"""Rebuilding prompts from stored history: tokenizers, the token budget, pruning, summaries."""

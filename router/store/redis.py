@@ -1,0 +1,213 @@
+"""Session state in Redis, shared by router replicas.
+
+Appends run as one Lua script (check the operation id, push, trim to the cap, refresh the TTL),
+so concurrent writers from several routers are serialised by Redis and a retried append is a
+no-op. Every call has a socket timeout; after a connection failure the store fails fast for a
+short, growing back-off and then tries again, so a dead Redis costs requests nothing but the
+error, and the store reconnects by itself when Redis returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from router.config import StoreSettings
+from router.store.base import StoredHistory, StoreUnavailable
+from router.store.keys import session_keys, trim_slack
+
+log = logging.getLogger("kvrouter.store")
+
+T = TypeVar("T")
+
+# KEYS: history blob, applied op ids, meta hash, entry lengths. ARGV: op id, ttl ms, cap, slack,
+# entries. The history is one string of newline-terminated entries, so a read is one GET.
+_APPEND_BODY = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 and #ARGV > 4 then
+  for i = 5, #ARGV do
+    redis.call('APPEND', KEYS[1], ARGV[i] .. '\\n')
+    redis.call('RPUSH', KEYS[4], #ARGV[i] + 1)
+  end
+end
+redis.call('HSETNX', KEYS[3], 'trimmed', 0)
+local n = redis.call('LLEN', KEYS[4])
+local cap = tonumber(ARGV[3])
+if n > cap + tonumber(ARGV[4]) then
+  local drop = n - cap
+  local bytes = 0
+  for _, len in ipairs(redis.call('LRANGE', KEYS[4], 0, drop - 1)) do
+    bytes = bytes + tonumber(len)
+  end
+  redis.call('LTRIM', KEYS[4], drop, -1)
+  redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], bytes, -1))
+  redis.call('HINCRBY', KEYS[3], 'trimmed', drop)
+  n = cap
+end
+local ttl = tonumber(ARGV[2])
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+"""
+_APPEND = _APPEND_BODY + "return n + tonumber(redis.call('HGET', KEYS[3], 'trimmed'))"
+_READ_AND_APPEND = (
+    "local before = redis.call('GET', KEYS[1])\n"
+    "local meta = redis.call('HMGET', KEYS[3], 'trimmed', 'summary', 'through')\n"
+    + _APPEND_BODY
+    + "return {before, meta[1], meta[2], meta[3]}"
+)
+
+_READ = """
+local meta = redis.call('HMGET', KEYS[2], 'trimmed', 'summary', 'through')
+return {redis.call('GET', KEYS[1]), meta[1], meta[2], meta[3]}
+"""
+
+_SET_SUMMARY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local through = tonumber(redis.call('HGET', KEYS[1], 'through') or '-1')
+if tonumber(ARGV[2]) <= through then return 0 end
+redis.call('HSET', KEYS[1], 'summary', ARGV[1], 'through', ARGV[2])
+return 1
+"""
+
+
+class _Backoff:
+    """Fail fast for a growing while after a failure; the first call after it tries again."""
+
+    def __init__(self, base: float = 0.1, cap: float = 2.0) -> None:
+        self._base, self._cap = base, cap
+        self._delay = base
+        self.open_until = 0.0
+
+    def is_open(self) -> bool:
+        return time.monotonic() < self.open_until
+
+    def failed(self) -> None:
+        self.open_until = time.monotonic() + self._delay
+        self._delay = min(self._cap, self._delay * 2)
+
+    def succeeded(self) -> None:
+        self._delay, self.open_until = self._base, 0.0
+
+
+def _describe(url: str) -> str:
+    parts = urlsplit(url)
+    return f"redis at {parts.hostname or parts.path}{f':{parts.port}' if parts.port else ''}"
+
+
+def _stored(reply: list[bytes | None]) -> StoredHistory:
+    blob, trimmed, summary, through = reply
+    return StoredHistory(
+        tuple(blob.split(b"\n")[:-1]) if blob else (),
+        int(trimmed or 0),
+        summary,
+        int(through) if through is not None else -1,
+    )
+
+
+class RedisStore:
+    """Session state in Redis (`store.url`), keys `<prefix>:{<tenant>:<session>}:<part>`."""
+
+    name = "redis"
+
+    def __init__(self, settings: StoreSettings) -> None:
+        assert settings.url is not None
+        self._settings = settings
+        self.where = _describe(settings.url)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.url,
+            max_connections=settings.pool_size,
+            timeout=settings.timeout,
+            socket_timeout=settings.timeout,
+            socket_connect_timeout=settings.timeout,
+            health_check_interval=10,
+        )
+        self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
+        self._append = self._redis.register_script(_APPEND)
+        self._set_summary = self._redis.register_script(_SET_SUMMARY)
+        self._read = self._redis.register_script(_READ)
+        self._read_and_append = self._redis.register_script(_READ_AND_APPEND)
+        self._ttl_ms = int(settings.history_ttl * 1000)
+        self._backoff = _Backoff()
+
+    def _keys(self, tenant: str, session: str) -> dict[str, str]:
+        return session_keys(self._settings.key_prefix, tenant, session)
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        if self._backoff.is_open():
+            raise StoreUnavailable(f"session store ({self.where}) is unavailable; retrying soon")
+        try:
+            result = await call()
+        except (RedisError, OSError, TimeoutError) as err:
+            if not self._backoff.is_open():
+                log.warning("session store (%s) failed: %s", self.where, err or type(err).__name__)
+            self._backoff.failed()
+            raise StoreUnavailable(
+                f"session store ({self.where}) is unavailable: {err or type(err).__name__}"
+            ) from None
+        self._backoff.succeeded()
+        return result
+
+    async def get_pin(self, tenant: str, session: str) -> str | None:
+        key = self._keys(tenant, session)["pin"]
+        try:
+            value = await self._call(lambda: self._redis.get(key))
+        except StoreUnavailable:
+            return None
+        return value.decode() if value is not None else None
+
+    async def set_pin(self, tenant: str, session: str, worker: str, ttl: float) -> None:
+        key = self._keys(tenant, session)["pin"]
+        try:
+            await self._call(lambda: self._redis.set(key, worker, px=max(1, int(ttl * 1000))))
+        except StoreUnavailable:
+            return
+
+    async def delete_pin(self, tenant: str, session: str) -> None:
+        key = self._keys(tenant, session)["pin"]
+        try:
+            await self._call(lambda: self._redis.delete(key))
+        except StoreUnavailable:
+            return
+
+    async def read_history(self, tenant: str, session: str) -> StoredHistory:
+        keys = self._keys(tenant, session)
+        names = [keys["h"], keys["meta"]]
+        return _stored(await self._call(lambda: self._read(keys=names, args=[])))
+
+    async def append_history(
+        self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
+    ) -> int:
+        names, args = self._append_call(tenant, session, op_id, entries)
+        return int(await self._call(lambda: self._append(keys=names, args=args)))
+
+    async def read_and_append_history(
+        self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
+    ) -> StoredHistory:
+        names, args = self._append_call(tenant, session, op_id, entries)
+        return _stored(await self._call(lambda: self._read_and_append(keys=names, args=args)))
+
+    def _append_call(
+        self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
+    ) -> tuple[list[str], list[str | int | bytes]]:
+        keys = self._keys(tenant, session)
+        cap = self._settings.max_messages
+        names = [keys["h"], keys["ids"], keys["meta"], keys["lens"]]
+        return names, [op_id, self._ttl_ms, cap, trim_slack(cap), *entries]
+
+    async def set_summary(self, tenant: str, session: str, summary: bytes, through: int) -> bool:
+        key = self._keys(tenant, session)["meta"]
+        stored = await self._call(lambda: self._set_summary(keys=[key], args=[summary, through]))
+        return bool(stored)
+
+    async def forget(self, tenant: str, session: str) -> bool:
+        keys = list(self._keys(tenant, session).values())
+        return bool(await self._call(lambda: self._redis.delete(*keys)))
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,138 @@
+"""Server-kept history in real Redis: outages, reconnection, retried writes, and many writers
+on one session from two router processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from router.config import StoreSettings
+from router.metrics import Metrics
+from router.persist import Persister
+from router.store.redis import RedisStore
+from tests.conftest import RedisServer, chat_body
+
+SERVER = {"x-kvrouter-history": "server"}
+
+
+async def chat(http, url, session, text, *, server=True, request_id=None):
+    headers = {"x-session-id": session, **(SERVER if server else {})}
+    if request_id:
+        headers["x-request-id"] = request_id
+    async with http.post(url + "/v1/chat/completions", json=chat_body(text, 4),
+                         headers=headers) as resp:  # fmt: skip
+        return resp.status, orjson.loads(await resp.read())
+
+
+async def wait_for(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.05)
+
+
+async def test_redis_down_keeps_stateless_traffic_going_and_503s_history_until_it_returns(
+    sim_fleet, router_in_process, http, own_redis: RedisServer
+):
+    fleet = sim_fleet(1, "--time-scale", "0")
+    settings = fleet.settings(store={"url": own_redis.url, "timeout": 0.3})
+    async with router_in_process(settings) as url:
+        assert (await chat(http, url, "s", "before"))[0] == 200
+        own_redis.kill()
+        started = time.monotonic()
+        assert (await chat(http, url, "s", "stateless", server=False))[0] == 200
+        status, body = await chat(http, url, "s", "needs history")
+        assert status == 503 and body["error"]["code"] == "store_unavailable"
+        assert f"redis at 127.0.0.1:{own_redis.port}" in body["error"]["message"]
+        assert (await chat(http, url, "s", "stateless", server=False))[0] == 200
+        assert time.monotonic() - started < 2.0, "an outage costs requests no waiting"
+        own_redis.start()
+
+        async def served() -> bool:
+            return (await chat(http, url, "s", "after"))[0] == 200
+
+        assert await wait_for(served, timeout=5.0), "the router reconnects by itself"
+        async with http.get(url + "/v1/sessions/s") as resp:
+            assert resp.status == 200
+
+
+async def test_a_write_that_fails_while_redis_is_down_is_retried_counted_and_lands(
+    own_redis: RedisServer,
+):
+    store = RedisStore(StoreSettings(url=own_redis.url, timeout=0.2))
+    metrics = Metrics()
+    persister = Persister(store, metrics, deadline=10.0)
+    try:
+        own_redis.kill()
+        task = persister.append("t", "s", "op-1", [b'"kept"'], op="user")
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        own_redis.start()
+        assert await asyncio.wait_for(task, 10.0) is True
+        assert (await store.read_history("t", "s")).entries == (b'"kept"',)
+        assert metrics.persist_retries.labels("user")._value.get() >= 1
+        assert metrics.persist_failures.labels("user")._value.get() == 0
+    finally:
+        await persister.close(1.0)
+        await store.close()
+
+
+async def test_a_write_given_up_after_the_deadline_is_counted_and_logged(
+    own_redis: RedisServer, caplog
+):
+    store = RedisStore(StoreSettings(url=own_redis.url, timeout=0.2))
+    metrics = Metrics()
+    persister = Persister(store, metrics, deadline=0.5)
+    own_redis.kill()
+    try:
+        assert await persister.append("t", "s", "op-1", [b'"x"'], op="reply") is False
+    finally:
+        await store.close()
+    assert metrics.persist_failures.labels("reply")._value.get() == 1
+    assert "lost after retrying" in caplog.text
+
+
+@pytest.mark.slow
+async def test_racing_turns_through_two_routers_are_each_stored_once_in_arrival_order(
+    sim_fleet, router_process, http, shared_redis_url, redis_prefix
+):
+    fleet = sim_fleet(2, "--time-scale", "0")
+    store = {"url": shared_redis_url, "key_prefix": redis_prefix}
+    urls = [router_process(fleet.config(store=store))[0] for _ in range(2)]
+    writers, turns = 8, 6
+
+    async def writer(index: int) -> None:
+        url = urls[index % 2]
+        for turn in range(turns):
+            status, _ = await chat(http, url, "race", f"w{index} t{turn}",
+                                   request_id=f"w{index}-t{turn}")  # fmt: skip
+            assert status == 200
+
+    await asyncio.gather(*(writer(i) for i in range(writers)))
+
+    async def complete():
+        async with http.get(urls[0] + "/v1/sessions/race") as resp:
+            document = await resp.json()
+        done = sum(t["complete"] for t in document["turns"])
+        return document if done == writers * turns else None
+
+    document = await wait_for(complete)
+    assert document, "every reply was stored"
+    users = [m["content"] for m in document["messages"] if m["role"] == "user"]
+    assert sorted(users) == sorted(f"w{i} t{t}" for i in range(writers) for t in range(turns))
+    for i in range(writers):
+        mine = [u for u in users if u.startswith(f"w{i} ")]
+        assert mine == [f"w{i} t{t}" for t in range(turns)], "each writer's turns in order"
+    for turn in document["turns"]:
+        roles = [m["role"] for m in turn["messages"]]
+        assert roles == ["user", "assistant"], turn
+    assert (await chat(http, urls[1], "race", "w0 t0", request_id="w0-t0"))[0] == 200
+    await asyncio.sleep(0.2)
+    async with http.get(urls[1] + "/v1/sessions/race") as resp:
+        again = await resp.json()
+    assert len(again["messages"]) == len(document["messages"]), "a replayed request id is a no-op"

@@ -1,0 +1,158 @@
+"""The one store contract, run against the in-memory store and against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from router.config import StoreSettings
+from router.store import MemoryStore, SessionStore, StoreUnavailable, make_store
+from router.store.redis import RedisStore
+
+TTL = 0.3
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request, shared_redis_url) -> AsyncIterator[SessionStore]:
+    if request.param == "memory":
+        made: SessionStore = MemoryStore(history_ttl=TTL, max_messages=6)
+    else:
+        prefix = request.getfixturevalue("redis_prefix")
+        settings = StoreSettings(
+            url=shared_redis_url, key_prefix=prefix, history_ttl=TTL, max_messages=6
+        )
+        made = make_store(settings)
+    yield made
+    await made.close()
+
+
+def entry(text: str) -> bytes:
+    return f'"{text}"'.encode()
+
+
+async def test_a_pin_is_read_back_until_it_expires_or_is_deleted(store):
+    assert await store.get_pin("t", "s") is None
+    await store.set_pin("t", "s", "sim-1", ttl=0.2)
+    assert await store.get_pin("t", "s") == "sim-1"
+    await asyncio.sleep(0.3)
+    assert await store.get_pin("t", "s") is None
+    await store.set_pin("t", "s", "sim-2", ttl=5)
+    await store.delete_pin("t", "s")
+    assert await store.get_pin("t", "s") is None
+
+
+async def test_an_unknown_session_has_an_empty_history(store):
+    stored = await store.read_history("t", "nobody")
+    assert stored.entries == () and stored.summary is None and stored.summary_through == -1
+
+
+async def test_appends_are_kept_in_arrival_order_with_absolute_counts(store):
+    assert await store.append_history("t", "s", "op1", [entry("a"), entry("b")]) == 2
+    assert await store.append_history("t", "s", "op2", [entry("c")]) == 3
+    stored = await store.read_history("t", "s")
+    assert stored.entries == (entry("a"), entry("b"), entry("c"))
+    assert stored.first_index == 0
+
+
+async def test_an_append_retried_with_the_same_op_id_is_stored_once(store):
+    await store.append_history("t", "s", "op1", [entry("a")])
+    assert await store.append_history("t", "s", "op1", [entry("a")]) == 1
+    assert (await store.read_history("t", "s")).entries == (entry("a"),)
+
+
+async def test_one_tenant_never_reads_or_extends_another_tenants_session(store):
+    await store.append_history("acme", "s", "op1", [entry("acme")])
+    await store.append_history("globex", "s", "op1", [entry("globex")])
+    await store.set_pin("acme", "s", "sim-1", ttl=5)
+    assert (await store.read_history("acme", "s")).entries == (entry("acme"),)
+    assert (await store.read_history("globex", "s")).entries == (entry("globex"),)
+    assert await store.get_pin("globex", "s") is None
+
+
+async def test_separators_in_tenant_or_session_cannot_forge_another_key(store):
+    await store.append_history("a:b", "c", "op", [entry("first")])
+    await store.append_history("a", "b:c", "op", [entry("second")])
+    await store.append_history("a}", "{b", "op", [entry("third")])
+    assert (await store.read_history("a:b", "c")).entries == (entry("first"),)
+    assert (await store.read_history("a", "b:c")).entries == (entry("second"),)
+    assert (await store.read_history("a}", "{b")).entries == (entry("third"),)
+
+
+async def test_history_expires_after_its_ttl_and_each_append_refreshes_it(store):
+    await store.append_history("t", "s", "op1", [entry("a")])
+    await asyncio.sleep(TTL * 0.6)
+    await store.append_history("t", "s", "op2", [entry("b")])
+    await asyncio.sleep(TTL * 0.6)
+    assert len((await store.read_history("t", "s")).entries) == 2
+    await asyncio.sleep(TTL * 1.2)
+    assert (await store.read_history("t", "s")).entries == ()
+
+
+async def test_the_size_cap_drops_the_oldest_entries_and_keeps_indexes_absolute(store):
+    for i in range(4):
+        await store.append_history("t", "s", f"op{i}", [entry(f"u{i}"), entry(f"a{i}")])
+    stored = await store.read_history("t", "s")
+    assert stored.entries == tuple(entry(x) for x in ("u1", "a1", "u2", "a2", "u3", "a3"))
+    assert stored.first_index == 2
+
+
+async def test_a_summary_is_stored_only_if_it_reaches_further(store):
+    assert not await store.set_summary("t", "s", b"s0", 1), "no session, no summary"
+    await store.append_history("t", "s", "op", [entry(x) for x in "abcd"])
+    assert await store.set_summary("t", "s", b"through 2", 2)
+    assert not await store.set_summary("t", "s", b"older", 1)
+    stored = await store.read_history("t", "s")
+    assert (stored.summary, stored.summary_through) == (b"through 2", 2)
+
+
+async def test_forget_drops_history_summary_and_pin(store):
+    await store.append_history("t", "s", "op", [entry("a")])
+    await store.set_summary("t", "s", b"sum", 0)
+    await store.set_pin("t", "s", "sim-0", ttl=5)
+    assert await store.forget("t", "s")
+    assert await store.read_history("t", "s") == type(await store.read_history("t", "x"))()
+    assert await store.get_pin("t", "s") is None
+    assert not await store.forget("t", "s")
+
+
+async def test_concurrent_appends_with_retries_store_every_op_exactly_once(store):
+    ops = [f"op{i}" for i in range(3)]
+    calls = [store.append_history("t", "s", op, [entry(op)]) for op in ops for _ in range(5)]
+    await asyncio.gather(*calls)
+    stored = await store.read_history("t", "s")
+    assert sorted(stored.entries) == sorted(entry(op) for op in ops)
+
+
+async def test_an_unreachable_redis_fails_fast_naming_itself_and_pins_degrade(unused_port):
+    store = RedisStore(StoreSettings(url=f"redis://127.0.0.1:{unused_port}/0", timeout=0.3))
+    try:
+        with pytest.raises(StoreUnavailable, match=rf"redis at 127\.0\.0\.1:{unused_port}"):
+            await store.read_history("t", "s")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(StoreUnavailable):
+            await store.append_history("t", "s", "op", [entry("a")])
+        assert await store.get_pin("t", "s") is None
+        await store.set_pin("t", "s", "sim-0", ttl=1)
+        assert loop.time() - started < 0.1, "fails fast while backing off"
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def unused_port() -> int:
+    from router.launch import free_port
+
+    return free_port()
+
+
+async def test_read_and_append_returns_the_history_before_its_own_append(store):
+    await store.append_history("t", "s", "op1", [entry("a")])
+    before = await store.read_and_append_history("t", "s", "op2", [entry("b"), entry("c")])
+    assert before.entries == (entry("a"),)
+    assert (await store.read_history("t", "s")).entries == (entry("a"), entry("b"), entry("c"))
+    again = await store.read_and_append_history("t", "s", "op2", [entry("b"), entry("c")])
+    assert len(again.entries) == 3, "a retried op appends nothing"
+    assert len((await store.read_history("t", "s")).entries) == 3
