@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-routing clean
+.PHONY: demo test lint bench bench-routing bench-failover bench-decision clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,15 @@ test: $(STAMP)  ## the whole test suite
 
 bench: $(STAMP)  ## proxy overhead, throughput, streaming and memory: prints a table
 	$(PY) -m router bench
+
+bench-routing: $(STAMP)  ## placement policies on one seeded workload vs the oracle (~5 min; QUICK=1 ~1 min)
+	$(PY) -m loadtests.compare_policies $(if $(QUICK),--quick)
+
+bench-failover: $(STAMP)  ## one worker killed and restarted mid-run, per return-home option (~3 min)
+	$(PY) -m loadtests.failover $(if $(QUICK),--quick)
+
+bench-decision: $(STAMP)  ## placement decision cost with 64 workers (p50/p99)
+	$(PY) -m bench.decision_cost
 
 lint: $(STAMP)
 	$(PY) -m ruff check router tests loadtests bench
