@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-routing bench-history clean
+.PHONY: demo test lint bench bench-routing bench-failover bench-decision bench-history clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,15 @@ bench: $(STAMP)  ## proxy overhead, throughput, streaming and memory: prints a t
 
 bench-history: $(STAMP)  ## history read + prompt rebuild latency and client egress (needs Redis on :6379)
 	$(PY) -m bench.history_bench
+
+bench-routing: $(STAMP)  ## placement policies on one seeded workload vs the oracle (~5 min; QUICK=1 ~1 min)
+	$(PY) -m loadtests.compare_policies $(if $(QUICK),--quick)
+
+bench-failover: $(STAMP)  ## one worker killed and restarted mid-run, per return-home option (~3 min)
+	$(PY) -m loadtests.failover $(if $(QUICK),--quick)
+
+bench-decision: $(STAMP)  ## placement decision cost with 64 workers (p50/p99)
+	$(PY) -m bench.decision_cost
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

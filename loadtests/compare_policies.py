@@ -122,18 +122,21 @@ def run_scenario(name: str, scenario: Scenario, seed: int) -> tuple[CacheFigures
     return oracle, summaries
 
 
-def render(name: str, oracle: CacheFigures, summaries: list[Summary], scale: float) -> str:
+def render(name: str, oracle: CacheFigures, summaries: list[Summary], sim: SimSettings) -> str:
+    scale = sim.time_scale
     header = ["policy", "hit ratio", "of oracle", "TTFT p50", "TTFT p99", "req/s",
-              "peak/mean", "spill", "fallback", "errors"]  # fmt: skip
+              "peak/mean (instant)", "prefill busy", "spill", "fallback", "errors"]  # fmt: skip
     rows = []
     for s in summaries:
+        busy = s.prefill_busy(WORKERS, sim.prefill_ms_per_token, scale)
         rows.append([
             s.label, f"{s.hit_ratio:.1%}", f"{s.hit_ratio / oracle.hit_ratio:.0%}",
             f"{s.ttft_p50 / scale * 1e3:.0f} ms", f"{s.ttft_p99 / scale * 1e3:.0f} ms",
-            f"{s.throughput:.1f}", f"{s.spread.peak_over_mean:.2f}",
+            f"{s.throughput:.1f}",
+            f"{s.spread.peak_over_mean:.2f} ({s.spread.instant:.2f})", f"{busy:.0%}",
             str(s.routes.get("spill", 0)), str(s.routes.get("fallback", 0)), str(s.errors),
         ])  # fmt: skip
-    rows.append(["oracle", f"{oracle.hit_ratio:.1%}", "100%", "", "", "", "", "", "", ""])
+    rows.append(["oracle", f"{oracle.hit_ratio:.1%}", "100%", *[""] * 8])
     return f"[{name}]\n" + table(rows, header)
 
 
@@ -163,7 +166,7 @@ def plot(name: str, oracle: CacheFigures, summaries: list[Summary], scale: float
     axes[2].set_title("busiest worker's in-flight / mean")
     axes[2].legend()
     for ax in axes:
-        ax.tick_params(axis="x", labelsize=7)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
     fig.suptitle(f"kvrouter placement policies, {name} workload, {WORKERS} workers")
     fig.tight_layout()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         if v.label in wanted))  # fmt: skip
         oracle, summaries = run_scenario(name, scenario, ns.seed)
         scale = scenario.sim.time_scale
-        outputs.append(render(name, oracle, summaries, scale))
+        outputs.append(render(name, oracle, summaries, scenario.sim))
         png = plot(name, oracle, summaries, scale)
         save_json(name, oracle, summaries)
         print(outputs[-1], flush=True)

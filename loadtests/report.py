@@ -86,6 +86,7 @@ class Summary:
     ttft_p50: float
     ttft_p99: float
     throughput: float
+    wall: float
     spread: LoadSpread
     routes: Counter[str] = field(default_factory=Counter)
     rehomed: Counter[str] = field(default_factory=Counter)
@@ -93,6 +94,12 @@ class Summary:
     @property
     def hit_ratio(self) -> float:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    def prefill_busy(self, workers: int, prefill_ms_per_token: float, scale: float) -> float:
+        """Share of the workers' time spent prefilling uncached tokens (1.0 = saturated)."""
+        uncached = self.prompt_tokens - self.cached_tokens
+        simulated = self.wall / scale if scale else 0.0
+        return uncached * prefill_ms_per_token / 1000 / (workers * simulated) if simulated else 0.0
 
 
 def summarise(
@@ -109,6 +116,7 @@ def summarise(
         ttft_p50=percentile(ttfts, 0.5),
         ttft_p99=percentile(ttfts, 0.99),
         throughput=len(ok) / wall if wall else 0.0,
+        wall=wall,
         spread=load_spread(records, workers, steady_window(records)),
         routes=Counter(r.route for r in records),
         rehomed=Counter(r.rehomed for r in records if r.rehomed),

@@ -215,9 +215,9 @@ def rust_command(binary: str, upstreams: Sequence[Endpoint], port: int, metrics_
 def _rust_display(binary: str | None) -> str | None:
     if binary is None:
         return None
-    return "RUST_LOG=warn " + " ".join(
-        rust_command(binary, [Endpoint("w", 0)], 0, 0)
-    ).replace("http://127.0.0.1:0", "URL...").replace(" 0", " PORT")
+    return "RUST_LOG=warn " + " ".join(rust_command(binary, [Endpoint("w", 0)], 0, 0)).replace(
+        "http://127.0.0.1:0", "URL..."
+    ).replace(" 0", " PORT")
 
 
 def find_rust(explicit: str | None) -> str | None:

@@ -42,10 +42,6 @@ class Placement:
         metrics.routing_policy.labels(balancer.name).set(1)
         self._placed = {r: metrics.placements.labels(balancer.name, r.value) for r in Route}
 
-    @property
-    def balancer(self) -> Balancer:
-        return self._balancer
-
     async def place(self, key: RoutingKey, exclude: Collection[str] = ()) -> Decision:
         """The decision for one attempt; `exclude` names the workers already tried."""
         pinned = None

@@ -60,9 +60,8 @@ class ConsistentHash:
         if home is None:
             raise NoHealthyWorker()
         holder = prefer or home
-        candidates: Iterable[Worker] = itertools.chain((holder,), walk)
-        if prefer is not None and prefer is not home:
-            candidates = itertools.chain((prefer, home), walk)
+        first = (home,) if holder is home else (holder, home)
+        candidates: Iterable[Worker] = itertools.chain(first, walk)
         fits = self._fits()
         admits = self._slow_start.admits
         for worker in candidates:

@@ -32,9 +32,6 @@ class Ring:
         self._hash = ring.hashi
         self._size = len(by_name)
 
-    def __bool__(self) -> bool:
-        return self._size > 0
-
     def _start(self, key: str) -> int:
         index = bisect(self._points, self._hash(key))
         return 0 if index == len(self._points) else index
