@@ -119,9 +119,7 @@ async def _rate(host: str, port: int, conns: int, seconds: float, warmup: float,
             state["next"] = (state["next"] + 1) % keys
             client.transport.write(requests[state["next"]])
 
-    clients = [
-        await _connect(host, port, lambda: _Client(on_response)) for _ in range(conns)
-    ]
+    clients = [await _connect(host, port, lambda: _Client(on_response)) for _ in range(conns)]
     for i, client in enumerate(clients):
         assert client.transport is not None
         client.transport.write(requests[i % keys])
