@@ -27,6 +27,7 @@ from router.placement import Placement
 from router.proxy import Forwarder, Outgoing, upstream_headers
 from router.session import KeyExtractor, RequestView, RoutingKey
 from router.store import SessionStore, make_store
+from router.upstream import UpstreamClient
 from router.workers import WorkerPool
 
 log = logging.getLogger("kvrouter")
@@ -160,7 +161,8 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 def client_session(settings: Settings) -> aiohttp.ClientSession:
-    """The one upstream client of the app: pooled keep-alive connections, no cookie jar."""
+    """The app's one general HTTP client (health probes, model listing, summaries; proxied
+    traffic goes through `router.upstream`): keep-alive connections, no cookie jar."""
     connector = aiohttp.TCPConnector(
         limit=0,
         limit_per_host=settings.limits.max_connections_per_worker,
@@ -183,8 +185,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[CLIENT] = session
     placement = Placement(app[BALANCER], app[STORE], settings.routing.pins, metrics)
     app[PLACEMENT] = placement
+    upstream = UpstreamClient(
+        connect_timeout=settings.timeouts.connect,
+        max_per_worker=settings.limits.max_connections_per_worker,
+    )
     app[FORWARDER] = Forwarder(
-        session, placement, app[PASSIVE], metrics, settings.retries, settings.timeouts
+        upstream, placement, app[PASSIVE], metrics, settings.retries, settings.timeouts
     )
     checker = HealthChecker(pool, settings.health, session, metrics)
     checker.start()
@@ -193,6 +199,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         await checker.stop()
         await placement.close()
+        await upstream.close()
         await session.close()
         await app[STORE].close()
 

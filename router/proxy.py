@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -26,6 +25,14 @@ from router.health import PassiveHealth
 from router.metrics import Children, Metrics
 from router.placement import Placement
 from router.session import RoutingKey
+from router.upstream import (
+    BodyBroken,
+    ClosedBeforeHead,
+    ConnectFailed,
+    ProtocolError,
+    Response,
+    UpstreamClient,
+)
 from router.usage import UsageSniffer, usage_from_json
 from router.workers import Worker
 
@@ -35,6 +42,7 @@ HOP_BY_HOP = frozenset(
     {
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
         "te", "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+        "expect",
     }
 )  # fmt: skip
 BUFFER_LIMIT = 1024 * 1024
@@ -105,14 +113,14 @@ class Forwarder:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: UpstreamClient,
         placement: Placement,
         passive: PassiveHealth,
         metrics: Metrics,
         retries: RetrySettings,
         timeouts: TimeoutSettings,
     ) -> None:
-        self._session = session
+        self._client = client
         self._placement = placement
         self._passive = passive
         self._metrics = metrics
@@ -123,9 +131,6 @@ class Forwarder:
         self._cached_prompt_tokens = Children(metrics.cached_prompt_tokens)
         self._retries = retries
         self._timeouts = timeouts
-        self._client_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeouts.connect, sock_read=timeouts.idle
-        )
 
     async def forward(self, request: web.Request, out: Outgoing) -> web.StreamResponse:
         """Choose, send, retry before the first byte, then relay the answer."""
@@ -147,7 +152,7 @@ class Forwarder:
 
     async def _attempt(
         self, decision: Decision, out: Outgoing, tried: list[str], remaining: float
-    ) -> aiohttp.ClientResponse | None:
+    ) -> Response | None:
         """Open the upstream response; None means 'try the next worker'."""
         worker = decision.worker
         can_retry = len(tried) < self._retries.attempts and remaining > 0
@@ -155,6 +160,8 @@ class Forwarder:
             upstream = await self._open(worker, out, remaining)
         except UpstreamError as err:
             self._metrics.upstream_errors.labels(worker.name, err.kind).inc()
+            # nothing listening ejects at once; a connect timeout (perhaps a full backlog)
+            # only counts toward the run of consecutive failures
             self._passive.on_failure(worker, err.kind, immediate=err.kind == "connect")
             tried.append(worker.name)
             if err.retryable and can_retry:
@@ -175,49 +182,44 @@ class Forwarder:
             self._passive.on_success(worker)
         return upstream
 
-    async def _open(
-        self, worker: Worker, out: Outgoing, remaining: float
-    ) -> aiohttp.ClientResponse:
-        """Send the request and wait for the response head, mapping failures to our errors."""
+    async def _open(self, worker: Worker, out: Outgoing, remaining: float) -> Response:
+        """Send the request and wait for the response head (connect included, bounded by
+        `timeouts.first_byte` and the request's deadline), mapping failures to our errors."""
         budget = min(self._timeouts.first_byte, max(remaining, 0.001))
         try:
             async with asyncio.timeout(budget):
-                return await self._session.request(
-                    out.method,
-                    worker.url + out.path_qs,
-                    data=out.body or None,
-                    headers=out.headers,
-                    allow_redirects=False,
-                    timeout=self._client_timeout,
+                return await self._client.request(
+                    worker.url, out.method, out.path_qs, out.headers, out.body
                 )
-        except aiohttp.ConnectionTimeoutError:
+        except ConnectFailed as err:
+            if err.timed_out:
+                raise UpstreamError(
+                    f"worker {worker.name} did not accept a connection within "
+                    f"{self._timeouts.connect}s",
+                    worker=worker.name, kind="connect_timeout", retryable=True,
+                ) from None  # fmt: skip
             raise UpstreamError(
-                f"worker {worker.name} did not accept a connection within "
-                f"{self._timeouts.connect}s", worker=worker.name, kind="connect", retryable=True,
-            ) from None  # fmt: skip
-        except aiohttp.ClientConnectorError as err:
-            raise UpstreamError(
-                f"cannot connect to worker {worker.name}: {err.os_error.strerror or err}",
+                f"cannot connect to worker {worker.name}: {err}",
                 worker=worker.name, kind="connect", retryable=True,
             ) from None  # fmt: skip
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as err:
+        except ClosedBeforeHead as err:
             raise UpstreamError(
                 f"worker {worker.name} closed the connection before answering: {err}",
                 worker=worker.name, kind="reset", retryable=True,
+            ) from None  # fmt: skip
+        except ProtocolError as err:
+            raise UpstreamError(
+                f"invalid response from worker {worker.name}: {err}",
+                worker=worker.name, kind="protocol", retryable=True,
             ) from None  # fmt: skip
         except TimeoutError:
             raise UpstreamTimeout(
                 f"worker {worker.name} sent no response within {budget:.1f}s",
                 worker=worker.name, kind="timeout", retryable=False,
             ) from None  # fmt: skip
-        except aiohttp.ClientError as err:
-            raise UpstreamError(
-                f"invalid response from worker {worker.name}: {err}",
-                worker=worker.name, kind="protocol", retryable=True,
-            ) from None  # fmt: skip
 
     def _response_headers(
-        self, upstream: aiohttp.ClientResponse, decision: Decision, out: Outgoing
+        self, upstream: Response, decision: Decision, out: Outgoing
     ) -> CIMultiDict[str]:
         headers = strip_hop_by_hop(upstream.headers)
         headers[WORKER_HEADER] = decision.worker.name
@@ -230,7 +232,7 @@ class Forwarder:
     async def _relay(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Response,
         decision: Decision,
         out: Outgoing,
         started: float,
@@ -256,7 +258,7 @@ class Forwarder:
 
     async def _relay_buffered(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: Response,
         decision: Decision,
         headers: CIMultiDict[str],
         started: float,
@@ -267,7 +269,7 @@ class Forwarder:
         try:
             async with asyncio.timeout_at(deadline):
                 body = await upstream.read()
-        except (aiohttp.ClientError, TimeoutError) as err:
+        except (BodyBroken, TimeoutError) as err:
             upstream.close()
             self._metrics.upstream_errors.labels(worker.name, "stream").inc()
             self._passive.on_failure(worker, "stream")
@@ -286,7 +288,7 @@ class Forwarder:
     async def _relay_stream(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Response,
         decision: Decision,
         headers: CIMultiDict[str],
         started: float,
@@ -303,7 +305,7 @@ class Forwarder:
         try:
             await response.prepare(request)
             async with asyncio.timeout_at(deadline):
-                async for chunk in upstream.content.iter_any():
+                async for chunk in upstream.chunks(self._timeouts.idle):
                     tail = chunk
                     if observer is not None and not finished:
                         observer.feed(chunk)
@@ -318,11 +320,15 @@ class Forwarder:
                             time.perf_counter() - started
                         )
                     sniffer.feed(chunk)
-        except (asyncio.CancelledError, ConnectionResetError):
+        except asyncio.CancelledError:
             upstream.close()
             self._metrics.client_disconnects.inc()
             raise
-        except (aiohttp.ClientError, TimeoutError) as err:
+        except ConnectionResetError:  # the client left: a normal end, not a router error
+            upstream.close()
+            self._metrics.client_disconnects.inc()
+            return response
+        except (BodyBroken, TimeoutError) as err:
             upstream.close()
             await self._end_broken_stream(response, decision, err)
             return response
