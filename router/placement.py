@@ -3,7 +3,8 @@
 A session served away from its ring home (a spill or a fallback) has its cache on the new
 worker now; a pin in the store keeps it there until it has been idle for `routing.pins.ttl`.
 Pins are read before the choice, within `routing.pins.store_timeout`, and written after it in
-background tasks, off the request's path. Only this module touches pins, and only through the
+background tasks, off the request's path (an in-process store answers at once, so it is read
+and written inline, with no timer). Only this module touches pins, and only through the
 SessionStore protocol, so the in-memory store and a shared store work the same. When the store
 fails or is slow, routing carries on with the ring alone.
 """
@@ -52,11 +53,13 @@ class Placement:
         if decision.rehomed is not None:
             self._metrics.rehomed.labels(decision.rehomed.value).inc()
         if self._pins and key.session is not None:
-            self._record(key, decision, pinned)
+            await self._record(key, decision, pinned)
         return decision
 
     async def _read_pin(self, tenant: str, session: str) -> str | None:
         try:
+            if self._store.in_process:  # nothing to wait for: no timer needed
+                return await self._store.get_pin(tenant, session)
             async with asyncio.timeout(self._settings.store_timeout):
                 return await self._store.get_pin(tenant, session)
         except Exception as err:  # any store failure: route on the ring alone
@@ -64,29 +67,39 @@ class Placement:
             log.debug("pin read for %s/%s failed: %r", tenant, session, err)
             return None
 
-    def _record(self, key: RoutingKey, decision: Decision, pinned: str | None) -> None:
+    async def _record(self, key: RoutingKey, decision: Decision, pinned: str | None) -> None:
         """Keep the pin in step with where the session's cache now is."""
         tenant, session = key.tenant, key.session or ""
         worker = decision.worker.name
         ttl = self._settings.ttl
         if worker == pinned:
-            self._write("refresh", self._store.set_pin(tenant, session, worker, ttl))
+            await self._write("refresh", self._store.set_pin(tenant, session, worker, ttl))
         elif pinned is None and decision.route is Route.AFFINITY:
             return
         elif decision.worker is self._balancer.home(key.hash_key or ""):
             if pinned is not None:
-                self._write("delete", self._store.delete_pin(tenant, session))
+                await self._write("delete", self._store.delete_pin(tenant, session))
         else:
-            self._write("set", self._store.set_pin(tenant, session, worker, ttl))
+            await self._write("set", self._store.set_pin(tenant, session, worker, ttl))
 
-    def _write(self, action: str, write: Coroutine[Any, Any, None]) -> None:
+    async def _write(self, action: str, write: Coroutine[Any, Any, None]) -> None:
+        """An in-process store's write is done now (it cannot block); any other runs in the
+        background, off the request's path."""
+        if self._store.in_process:
+            await self._guarded(action, write, timed=False)
+            return
         task = asyncio.get_running_loop().create_task(self._guarded(action, write))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _guarded(self, action: str, write: Coroutine[Any, Any, None]) -> None:
+    async def _guarded(
+        self, action: str, write: Coroutine[Any, Any, None], *, timed: bool = True
+    ) -> None:
         try:
-            async with asyncio.timeout(WRITE_TIMEOUT):
+            if timed:
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await write
+            else:
                 await write
         except Exception as err:  # a lost pin costs one recompute, never a request
             self._metrics.pin_operations.labels(action, "error").inc()

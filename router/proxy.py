@@ -81,7 +81,7 @@ class Outgoing:
 def strip_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
     """Copy end-to-end headers only, including any named by the Connection header."""
     kept = headers.copy()
-    for name in HOP_BY_HOP:
+    for name in HOP_BY_HOP.intersection(map(str.lower, headers.keys())):
         kept.popall(name, None)
     connection = headers.get("connection")
     if connection:
@@ -267,8 +267,11 @@ class Forwarder:
     ) -> web.Response:
         worker = decision.worker
         try:
-            async with asyncio.timeout_at(deadline):
+            if upstream.complete:  # the usual small answer came with its head
                 body = await upstream.read()
+            else:
+                async with asyncio.timeout_at(deadline):
+                    body = await upstream.read()
         except (BodyBroken, TimeoutError) as err:
             upstream.close()
             self._metrics.upstream_errors.labels(worker.name, "stream").inc()

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from router.config import KeySource, PrefixAffinitySettings, SessionSettings
+from router.config import PrefixAffinitySettings, SessionSettings
 from router.errors import BadRequest
 from router.prefix import prefix_key
 
@@ -84,7 +84,7 @@ class KeyExtractor:
     def __init__(
         self, settings: SessionSettings, prefix: PrefixAffinitySettings | None = None
     ) -> None:
-        self._sources: tuple[KeySource, ...] = settings.sources
+        self._sources = tuple((s.kind, s.name) for s in settings.sources)
         self._paths = {s.name: tuple(s.name.split(".")) for s in settings.sources if s.body}
         self._tenant_header = settings.tenant_header
         self._default_tenant = settings.default_tenant
@@ -105,8 +105,7 @@ class KeyExtractor:
         authenticated one, which wins over the tenant header."""
         tenant = tenant or self.tenant(request.headers)
         parsed = document is not None
-        for source in self._sources:
-            kind, name = source.kind, source.name
+        for kind, name in self._sources:
             if kind == "header":
                 value: Any = request.headers.get(name)
             elif kind == "query":

@@ -131,6 +131,11 @@ class Response:
                 return
             await conn.wait_body(idle)
 
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has arrived already."""
+        return self._conn.complete
+
     def release(self) -> None:
         """Give the connection back for reuse if the exchange ended cleanly, else close it."""
         self._conn.finish()

@@ -38,6 +38,7 @@ class SessionStore(Protocol):
     """
 
     name: str
+    in_process: bool  # True when a call never leaves the process (no I/O that could hang)
 
     async def get_pin(self, tenant: str, session: str) -> str | None:
         """The worker that holds this session's KV cache, if one was recorded and not expired."""

@@ -24,6 +24,7 @@ class MemoryStore:
     """Per-process state; expired entries are dropped when read and in periodic sweeps."""
 
     name = "memory"
+    in_process = True
 
     def __init__(
         self,

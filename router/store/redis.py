@@ -114,6 +114,7 @@ class RedisStore:
     """Session state in Redis (`store.url`), keys `<prefix>:{<tenant>:<session>}:<part>`."""
 
     name = "redis"
+    in_process = False
 
     def __init__(self, settings: StoreSettings) -> None:
         assert settings.url is not None

@@ -103,6 +103,8 @@ async def test_sessions_on_their_ring_home_write_nothing():
 class UnreachableStore(MemoryStore):
     """What a store looks like when its server is down."""
 
+    in_process = False
+
     async def get_pin(self, tenant: str, session: str) -> str | None:
         raise StoreUnavailable("redis at 127.0.0.1:1 is unreachable")
 
@@ -111,6 +113,8 @@ class UnreachableStore(MemoryStore):
 
 
 class SlowStore(MemoryStore):
+    in_process = False
+
     async def get_pin(self, tenant: str, session: str) -> str | None:
         await asyncio.sleep(5)
         return None
