@@ -85,7 +85,7 @@ def server_keeps_history(request: web.Request) -> bool:
     settings = request.app[SETTINGS].history
     value = request.headers.get(settings.header)
     if value is None:
-        return request.path in settings.server_routes
+        return bool(settings.server_routes) and request.path in settings.server_routes
     mode = value.strip().lower()
     if mode not in ("server", "client"):
         raise BadRequest(f"{settings.header} must be 'server' or 'client', got {value!r}")

@@ -68,7 +68,7 @@ class Origin:
     host: str
     port: int
     tls: bool
-    host_header: bytes
+    host_header: str
 
     @classmethod
     def from_url(cls, url: str) -> Origin:
@@ -76,7 +76,7 @@ class Origin:
         tls = parts.scheme == "https"
         host = parts.hostname or "127.0.0.1"
         port = parts.port or (443 if tls else 80)
-        return cls(host, port, tls, (parts.netloc or host).encode("ascii"))
+        return cls(host, port, tls, parts.netloc.rpartition("@")[2] or host)
 
 
 def encode_request(
@@ -84,15 +84,12 @@ def encode_request(
 ) -> bytes:
     """The request as it goes on the wire: the caller's headers, Host and Content-Length set
     here (the caller must have removed hop-by-hop ones)."""
-    lines = [f"{method} {target} HTTP/1.1\r\n".encode(*_ENC), b"Host: ", origin.host_header]
-    lines.append(b"\r\n")
-    for name, value in headers.items():
-        lines.append(f"{name}: {value}\r\n".encode(*_ENC))
+    text = [f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
+    text.extend(f"{name}: {value}\r\n" for name, value in headers.items())
     if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
-        lines.append(b"Content-Length: %d\r\n" % len(body))
-    lines.append(b"\r\n")
-    lines.append(body)
-    return b"".join(lines)
+        text.append(f"Content-Length: {len(body)}\r\n")
+    text.append("\r\n")
+    return "".join(text).encode(*_ENC) + body
 
 
 class Response:
