@@ -31,7 +31,6 @@ import httptools
 from multidict import CIMultiDict
 
 HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
 IDLE_KEEPALIVE = 30.0
 _ENC = ("utf-8", "surrogateescape")
 
@@ -153,7 +152,6 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.in_use = False
         self.idle_since = 0.0
-        self.reused = False
         self._head: asyncio.Future[Response] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._headers: list[tuple[str, str]] = []
@@ -162,7 +160,6 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._framed = True
         self._head_only = False
-        self._got_bytes = False
         self.complete = False
         self.keep_alive = False
         self.error: UpstreamFailure | None = None
@@ -172,7 +169,6 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self._got_bytes = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -196,9 +192,6 @@ class _Connection(asyncio.Protocol):
                 self.error = BodyBroken(f"connection lost mid-body{f': {exc}' if exc else ''}")
             self.keep_alive = False
             self._wake()
-
-    def pause_writing(self) -> None:  # the request body is written at once; nothing to pause
-        pass
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -243,7 +236,6 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self._head = self._loop.create_future()
         self._head_only = head_only
-        self._got_bytes = False
         self.transport.write(request)
         try:
             return await self._head
@@ -296,7 +288,6 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self.complete = False
         self.keep_alive = False
-        self.reused = True
 
     def _wake(self) -> None:
         waiter = self._waiter

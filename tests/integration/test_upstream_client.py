@@ -46,6 +46,19 @@ def ok(body: bytes, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
+def answer(raw: bytes, *, hold_open: bool) -> Script:
+    """A script that reads one request, writes `raw`, then closes or waits for the client to."""
+
+    async def script(reader, writer, server: Server) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        if hold_open:
+            await reader.read()
+
+    return script
+
+
 @asynccontextmanager
 async def scripted(script: Script) -> AsyncIterator[Server]:
     server = Server()
@@ -124,11 +137,7 @@ async def test_chunked_body_arrives_decoded_and_in_pieces(client):
 
 
 async def test_body_delimited_by_connection_close(client):
-    async def until_close(reader, writer, server):
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-        await writer.drain()
-
+    until_close = answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it", hold_open=False)
     async with scripted(until_close) as server:
         response = await client.request(server.url, "GET", "/", CIMultiDict(), b"")
         assert await response.read() == b"all of it"
@@ -193,11 +202,7 @@ async def test_silence_between_chunks_times_out_after_idle(client):
 
 
 async def test_connection_lost_mid_body_is_a_broken_body(client):
-    async def short(reader, writer, server):
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-        await writer.drain()
-
+    short = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", hold_open=False)
     async with scripted(short) as server:
         response = await client.request(server.url, "GET", "/", CIMultiDict(), b"")
         with pytest.raises(BodyBroken):
@@ -206,24 +211,13 @@ async def test_connection_lost_mid_body_is_a_broken_body(client):
 
 
 async def test_garbage_instead_of_http_is_a_protocol_error(client):
-    async def garbage(reader, writer, server):
-        await read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-        await writer.drain()
-        await reader.read()
-
-    async with scripted(garbage) as server:
+    async with scripted(answer(b"SSH-2.0-OpenSSH\r\n\r\n", hold_open=True)) as server:
         with pytest.raises(ProtocolError):
             await client.request(server.url, "GET", "/", CIMultiDict(), b"")
 
 
 async def test_interim_100_continue_is_skipped(client):
-    async def continues(reader, writer, server):
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"final"))
-        await writer.drain()
-        await reader.read()
-
+    continues = answer(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"final"), hold_open=True)
     async with scripted(continues) as server:
         response = await client.request(server.url, "POST", "/", CIMultiDict(), b"x")
         assert response.status == 200 and await response.read() == b"final"
