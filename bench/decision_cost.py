@@ -17,13 +17,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from router.balancer import Balancer
 from router.config import RoutingSettings
+from router.fleet.workers import Worker, WorkerPool
 from router.metrics import Metrics
-from router.placement import Placement
-from router.session import RoutingKey
+from router.placement.place import Balancer, Placement
+from router.placement.session import RoutingKey
 from router.store import MemoryStore
-from router.workers import Worker, WorkerPool
 
 POLICIES = ("consistent_hash", "bounded_load", "least_inflight", "round_robin", "random")
 

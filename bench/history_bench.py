@@ -29,10 +29,10 @@ import orjson
 import redis
 
 from router.config import StoreSettings
-from router.context.history import decode_history, encode_entry, prompt_body
-from router.context.prune import Budget, build_prompt
-from router.context.tokenizer import bpe_tokenizer
 from router.launch import free_port
+from router.orchestrator.history import decode_history, encode_entry, prompt_body
+from router.orchestrator.prune import Budget, build_prompt
+from router.orchestrator.tokenizer import bpe_tokenizer
 from router.store import MemoryStore, SessionStore
 from router.store.redis import RedisStore
 

@@ -37,7 +37,7 @@ def _cmd_check_config(ns: argparse.Namespace) -> int:
 
 
 def _cmd_sim_worker(ns: argparse.Namespace) -> int:
-    from router.sim import run_sim_worker, sim_options_from_args
+    from router.sim.cli import run_sim_worker, sim_options_from_args
 
     try:
         options = sim_options_from_args(ns)
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check_config)
 
     sim = commands.add_parser("sim-worker", help="run a simulated OpenAI-compatible worker")
-    from router.sim import add_sim_arguments
+    from router.sim.cli import add_sim_arguments
 
     add_sim_arguments(sim)
     sim.set_defaults(func=_cmd_sim_worker)

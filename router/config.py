@@ -284,6 +284,9 @@ class HistorySettings(BaseModel):
     """The orchestrator mode: the router keeps the conversation and rebuilds the prompt."""
 
     model_config = _STRICT
+    enabled: bool = Field(
+        default=True, description="false: no orchestrator mode and no sessions API"
+    )
     header: str = "x-kvrouter-history"
     server_routes: tuple[str, ...] = Field(
         default=(), description="paths where history is kept by the router unless the header "

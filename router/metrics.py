@@ -6,6 +6,7 @@ one process, as in the tests, never share counters. Names are stable, documented
 
 from __future__ import annotations
 
+import time
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -38,6 +39,24 @@ class Children(Generic[M]):
         if child is None:
             child = self._children[values] = self._metric.labels(*values)
         return child
+
+
+class Timed:
+    """Observes the seconds a block took into a histogram child, when the block succeeds."""
+
+    __slots__ = ("_child", "_started")
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+        self._started = 0.0
+
+    def __enter__(self) -> Timed:
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._child.observe(time.perf_counter() - self._started)
 
 
 class Metrics:
@@ -144,7 +163,7 @@ class Metrics:
             registry=r,
         )
 
-        # Placement: policies, sticky moves and re-homing (router.placement).
+        # Placement: policies, sticky moves and re-homing (router.placement.place).
         self.routing_policy = Gauge(
             f"{p}_routing_policy", "1 for the placement policy in use (routing.policy).",
             ["policy"], registry=r,
@@ -166,6 +185,10 @@ class Metrics:
             "Session pin reads and writes in the store, by action and outcome (ok, error).",
             ["action", "outcome"], registry=r,
         )  # fmt: skip
+
+    def store_call(self, op: str, store: str) -> Timed:
+        """`with metrics.store_call("read", store.name):` times one successful store call."""
+        return Timed(self.store_seconds.labels(op, store))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

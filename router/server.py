@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from router.app import STOPPING, build_app
 from router.config import Settings
+from router.http.app import build_app
+from router.root import Router
 
 log = logging.getLogger("kvrouter")
 
@@ -34,7 +35,8 @@ def install_fast_loop() -> None:
 @contextlib.asynccontextmanager
 async def running(settings: Settings, host: str, port: int) -> AsyncIterator[web.AppRunner]:
     """The router serving on host:port for the duration of the block, then drained."""
-    app = build_app(settings)
+    root = Router(settings)
+    app = build_app(root)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
@@ -47,7 +49,7 @@ async def running(settings: Settings, host: str, port: int) -> AsyncIterator[web
     try:
         yield runner
     finally:
-        app[STOPPING]["value"] = True
+        root.stopping = True
         await runner.cleanup()
 
 

@@ -9,8 +9,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from router.auth import key_digest
 from router.config import parse_settings
+from router.http.auth import key_digest
 from router.launch import free_port
 
 SERVER = {"x-kvrouter-history": "server"}

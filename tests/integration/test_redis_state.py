@@ -11,7 +11,7 @@ import pytest
 
 from router.config import StoreSettings
 from router.metrics import Metrics
-from router.persist import Persister
+from router.orchestrator.persist import Persister
 from router.store.redis import RedisStore
 from tests.conftest import RedisServer, chat_body
 

@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from router.sim import SimOptions, build_sim_app
+from router.sim.app import build_sim_app
+from router.sim.options import SimOptions
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 

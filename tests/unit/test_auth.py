@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from router.auth import Authenticator, key_digest
 from router.config import AuthSettings
 from router.errors import Unauthorized
+from router.http.auth import Authenticator, key_digest
 
 
 def authenticator() -> Authenticator:

@@ -2,10 +2,10 @@ from collections import Counter
 
 import pytest
 
-from router.balancer import Balancer, Route
 from router.config import RoutingSettings
 from router.errors import DegradedRefusal, NoHealthyWorker
-from router.workers import Worker, WorkerPool, WorkerState
+from router.fleet.workers import Worker, WorkerPool, WorkerState
+from router.placement.place import Balancer, Route
 
 
 def make_pool(count: int = 4, **weights: float) -> WorkerPool:
@@ -64,7 +64,7 @@ def test_excluded_workers_are_skipped_for_retries():
     first = balancer.choose("k").worker.name
     second = balancer.choose("k", exclude=[first])
     assert second.worker.name != first and second.route is Route.FALLBACK
-    assert second.home is not None and second.home.name == first
+    assert second.cache_holder is not None and second.cache_holder.name == first
 
 
 def test_no_available_worker_raises_no_healthy_worker():
@@ -131,7 +131,7 @@ def test_a_pinned_session_goes_to_its_pin_as_affinity():
     _, balancer, _, other = pinned_setup()
     decision = balancer.choose("k", pinned=other.name)
     assert decision.worker is other and decision.route is Route.AFFINITY
-    assert decision.home is other and decision.rehomed is None
+    assert decision.cache_holder is other and decision.rehomed is None
 
 
 def test_a_dead_pin_falls_back_along_the_ring_and_names_the_reason():
@@ -139,7 +139,7 @@ def test_a_dead_pin_falls_back_along_the_ring_and_names_the_reason():
     pool.set_state(other, WorkerState.UNHEALTHY)
     decision = balancer.choose("k", pinned=other.name)
     assert decision.worker is home and decision.route is Route.FALLBACK
-    assert decision.home is other and decision.rehomed == "dead"
+    assert decision.cache_holder is other and decision.rehomed == "dead"
 
 
 def test_on_expiry_keeps_the_session_on_its_pin_after_home_recovers():
@@ -153,7 +153,7 @@ def test_when_healthy_sends_the_session_home_and_counts_the_move():
     pool, balancer, home, other = pinned_setup("when_healthy")
     decision = balancer.choose("k", pinned=other.name)
     assert decision.worker is home and decision.rehomed == "return_home"
-    assert decision.home is other
+    assert decision.cache_holder is other
     pool.set_state(home, WorkerState.UNHEALTHY)
     assert balancer.choose("k", pinned=other.name).worker is other
 

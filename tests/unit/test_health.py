@@ -2,10 +2,11 @@ import aiohttp
 import pytest
 
 from router.config import HealthSettings, PassiveHealthSettings
-from router.health import HealthChecker, PassiveHealth
+from router.fleet.health import HealthChecker
+from router.fleet.passive import PassiveHealth
+from router.fleet.workers import Worker, WorkerPool, WorkerState
 from router.launch import free_port
 from router.metrics import Metrics
-from router.workers import Worker, WorkerPool, WorkerState
 
 
 class Clock:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from router.balancer import Balancer
 from router.config import RoutingSettings
+from router.fleet.workers import Worker, WorkerPool, WorkerState
 from router.metrics import Metrics
-from router.placement import Placement
-from router.policies import Route
-from router.session import RoutingKey
+from router.placement.place import Balancer, Placement
+from router.placement.policies import Route
+from router.placement.session import RoutingKey
 from router.store import MemoryStore, StoreUnavailable
-from router.workers import Worker, WorkerPool, WorkerState
 
 KEY = RoutingKey("acme", "chat-1")
 

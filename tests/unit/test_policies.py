@@ -9,12 +9,12 @@ from collections import Counter
 
 import pytest
 
-from router.balancer import Balancer
 from router.config import RoutingSettings
 from router.errors import NoHealthyWorker
-from router.policies import Rehome, Route
-from router.policies.bounded_load import cap
-from router.workers import Worker, WorkerPool, WorkerState
+from router.fleet.workers import Worker, WorkerPool, WorkerState
+from router.placement.place import Balancer
+from router.placement.policies import Rehome, Route
+from router.placement.policies.bounded_load import cap
 
 POLICIES = ["consistent_hash", "bounded_load", "least_inflight", "round_robin", "random"]
 KEYS = [f"t\x1fs{i}" for i in range(4000)]
@@ -88,7 +88,7 @@ def test_baselines_ignore_keys_and_report_every_request_unkeyed(policy):
     decisions = [balancer.choose("one-session") for _ in range(40)]
     assert {d.route for d in decisions} == {Route.UNKEYED}
     assert len({d.worker.name for d in decisions}) > 1
-    assert all(d.home is None and d.rehomed is None for d in decisions)
+    assert all(d.cache_holder is None and d.rehomed is None for d in decisions)
 
 
 def test_bounded_load_is_consistent_hashing_while_no_worker_is_full():
@@ -108,7 +108,7 @@ def test_a_full_home_spills_to_the_next_worker_on_the_ring_and_says_why():
     home.inflight = 4  # cap with 4 open + 1 new over 4 workers at c=1.25 is ceil(1.56) = 2
     decision = balancer.choose("hot")
     assert decision.worker is not home and decision.route is Route.SPILL
-    assert decision.home is home and decision.rehomed is Rehome.OVERLOADED
+    assert decision.cache_holder is home and decision.rehomed is Rehome.OVERLOADED
     plain = balancer_for("consistent_hash", pool)
     assert decision.worker is plain.choose("hot", exclude=[home.name]).worker
     home.inflight = 0
@@ -172,7 +172,7 @@ def test_a_fallback_names_why_the_home_could_not_take_it(state, ejected_for, rea
     pool.set_state(home, state)
     decision = balancer.choose("k")
     assert decision.route is Route.FALLBACK and decision.rehomed is reason
-    assert decision.home is home
+    assert decision.cache_holder is home
 
 
 def test_a_retry_away_from_a_healthy_home_is_counted_as_a_retry():

@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from router.config import PrefixAffinitySettings, SessionSettings
-from router.prefix import prefix_key
-from router.session import KeyExtractor, RequestView
+from router.placement.prefix import prefix_key
+from router.placement.session import KeyExtractor, RequestView
 
 SYSTEM = {"role": "system", "content": "You are a terse assistant for the billing team."}
 

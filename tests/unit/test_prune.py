@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from router.context.history import decode_history, encode_entry
-from router.context.prune import REPLY_PRIMING_TOKENS, Budget, PromptTooLarge, build_prompt
+from router.orchestrator.history import decode_history, encode_entry
+from router.orchestrator.prune import REPLY_PRIMING_TOKENS, Budget, PromptTooLarge, build_prompt
 from router.store import StoredHistory
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from router.replies import ReplyCollector
+from router.orchestrator.replies import ReplyCollector
 
 
 def sse(*pieces: str) -> bytes:

@@ -2,7 +2,7 @@ import pytest
 
 from router.config import KeySource, SessionSettings
 from router.errors import BadRequest
-from router.session import KeyExtractor, RequestView, RoutingKey
+from router.placement.session import KeyExtractor, RequestView, RoutingKey
 
 
 def extractor(*sources: KeySource, tenant_header: str | None = None) -> KeyExtractor:

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from router.balancer import Balancer
 from router.config import RoutingSettings
-from router.policies import Rehome, Route
-from router.workers import Worker, WorkerPool, WorkerState
+from router.fleet.workers import Worker, WorkerPool, WorkerState
+from router.placement.place import Balancer
+from router.placement.policies import Rehome, Route
 
 KEYS = [f"t\x1fs{i}" for i in range(6000)]
 
@@ -66,7 +66,7 @@ def test_a_key_held_back_by_slow_start_is_counted_as_such():
     home = pool.get("w1")
     pool.set_state(home, WorkerState.UNHEALTHY)
     pool.set_state(home, WorkerState.HEALTHY)
-    held = [d for d in (balancer.choose(k) for k in KEYS[:2000]) if d.home is home]
+    held = [d for d in (balancer.choose(k) for k in KEYS[:2000]) if d.cache_holder is home]
     assert any(d.rehomed is Rehome.SLOW_START and d.route is Route.FALLBACK for d in held)
 
 

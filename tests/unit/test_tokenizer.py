@@ -7,9 +7,9 @@ import json
 import pytest
 
 from router.config import TokenizerSettings
-from router.context.tokenizer import bpe_tokenizer, huggingface_tokenizer, make_tokenizer
 from router.errors import ConfigError
 from router.metrics import Metrics
+from router.orchestrator.tokenizer import bpe_tokenizer, huggingface_tokenizer, make_tokenizer
 
 
 @pytest.mark.parametrize(
@@ -64,18 +64,21 @@ def test_an_unreadable_tokenizer_json_is_a_config_error(tmp_path):
 
 
 async def test_the_estimate_is_only_a_declared_logged_and_counted_fallback(caplog):
-    from router.workers import Worker
+    import aiohttp
+
+    from router.config import PinSettings
+    from router.fleet.workers import Worker, WorkerPool
+    from router.placement.calls import WorkerCalls
+    from router.placement.place import Balancer, Placement
+    from router.store import MemoryStore
 
     metrics = Metrics()
     settings = TokenizerSettings(kind="worker", fallback="estimate", timeout=0.5)
-
-    def pick() -> Worker:
-        return Worker("gone", "http://127.0.0.1:9")
-
-    import aiohttp
+    pool = WorkerPool([Worker("gone", "http://127.0.0.1:9")])
+    calls = WorkerCalls(Placement(Balancer(pool), MemoryStore(), PinSettings(), metrics), pool)
 
     async with aiohttp.ClientSession() as session:
-        tokenizer = make_tokenizer(settings, metrics, session, pick)
+        tokenizer = make_tokenizer(settings, metrics, session, calls)
         counted = await tokenizer.count([{"role": "user", "content": "x" * 40}])
     assert counted == [4 + 12], 'ceil(len("user\\n" + 40 chars) / 4) plus the overhead'
     assert metrics.tokenizer_fallbacks._value.get() == 1

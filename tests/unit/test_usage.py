@@ -1,4 +1,4 @@
-from router.usage import UsageSniffer, usage_from_json
+from router.proxy.usage import UsageSniffer, usage_from_json
 
 USAGE = (
     b'"usage": {"prompt_tokens": 120, "completion_tokens": 5, '

@@ -1,1 +1,0 @@
-"""Rebuilding prompts from stored history: tokenizers, the token budget, pruning, summaries."""

@@ -1,0 +1,139 @@
+"""Active health: probe every worker's health path on an interval.
+
+The prober re-admits a worker after `rise` good probes once its ejection time (passive health)
+is over, and takes it out after `fall` bad ones, or at once when nothing listens. It changes a
+worker's state only through the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from router.config import HealthSettings
+from router.fleet.passive import FailureCounts
+from router.fleet.workers import Worker, WorkerPool, WorkerState
+from router.metrics import Metrics
+
+log = logging.getLogger("kvrouter.fleet.health")
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class _ProbeCounts:
+    successes: int = 0
+    failures: int = 0
+
+
+class HealthChecker:
+    """Probes every worker's health path on an interval with jitter; one task per worker."""
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        settings: HealthSettings,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+        failures: FailureCounts | None = None,
+    ) -> None:
+        self._pool = pool
+        self._failures = failures if failures is not None else FailureCounts()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._settings = settings
+        self._session = session
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._counts: dict[str, _ProbeCounts] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
+
+    def start(self) -> None:
+        self._unsubscribe = self._pool.subscribe(self._reconcile)
+
+    def reconfigure(self, settings: HealthSettings) -> None:
+        """New intervals, thresholds and timeout apply from each worker's next probe."""
+        self._settings = settings
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _reconcile(self, pool: WorkerPool) -> None:
+        """Keep exactly one probe task per worker in the pool."""
+        for name in list(self._tasks):
+            if name not in pool:
+                self._tasks.pop(name).cancel()
+                self._counts.pop(name, None)
+                self._failures.forget(name)
+        for worker in pool:
+            if worker.name not in self._tasks:
+                self._counts[worker.name] = _ProbeCounts()
+                self._tasks[worker.name] = asyncio.get_running_loop().create_task(
+                    self._probe_forever(worker), name=f"health:{worker.name}"
+                )
+
+    async def _probe_forever(self, worker: Worker) -> None:
+        while True:
+            ok, refused = await self.probe(worker)
+            self.record(worker, ok, refused=refused)
+            interval, jitter = self._settings.interval, self._settings.jitter
+            await asyncio.sleep(interval * (1 + jitter * (2 * self._rng.random() - 1)))
+
+    async def probe(self, worker: Worker) -> tuple[bool, bool]:
+        """One probe: (healthy, refused). Any 2xx within the timeout is healthy."""
+        try:
+            async with self._session.get(
+                worker.url + self._settings.path, timeout=self._timeout, allow_redirects=False
+            ) as resp:
+                await resp.read()
+                return 200 <= resp.status < 300, False
+        except aiohttp.ClientConnectorError:
+            return False, True
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False, False
+
+    def record(self, worker: Worker, ok: bool, *, refused: bool = False) -> None:
+        """Apply one probe result with the fall/rise thresholds."""
+        counts = self._counts.setdefault(worker.name, _ProbeCounts())
+        if ok:
+            counts.successes += 1
+            counts.failures = 0
+            if (
+                worker.state is WorkerState.UNHEALTHY
+                and counts.successes >= self._settings.rise
+                and self._clock() >= worker.ejected_until
+            ):
+                self._set(worker, WorkerState.HEALTHY)
+        else:
+            counts.failures += 1
+            counts.successes = 0
+            if worker.state is WorkerState.HEALTHY and (
+                refused or counts.failures >= self._settings.fall
+            ):
+                self._set(worker, WorkerState.UNHEALTHY)
+
+    def _set(self, worker: Worker, state: WorkerState) -> None:
+        log.warning("worker %s is now %s (active probe)", worker.name, state.value)
+        self._failures.restart_run(worker.name)
+        self._pool.set_state(worker, state)
+        self._metrics.health_transitions.labels(worker.name, state.value, "probe").inc()

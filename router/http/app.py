@@ -1,0 +1,43 @@
+"""The aiohttp application over a composition root: routes, the middleware order, and the
+root's lifecycle tied to the app's. The app holds no wiring of its own."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from router.http import admin
+from router.http.common import ROOT
+from router.http.handlers import healthz, metrics_handler, models_handler, proxy_handler, readyz
+from router.http.middleware import middleware_stack
+from router.orchestrator import http as history_http
+from router.root import Router
+
+
+def build_app(root: Router) -> web.Application:
+    """The router's app; start it with aiohttp's AppRunner (see router.server)."""
+    settings = root.settings
+    app = web.Application(
+        middlewares=middleware_stack(), client_max_size=settings.limits.max_body_bytes
+    )
+    app[ROOT] = root
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/v1/models", models_handler)
+    app.router.add_routes(admin.ROUTES)
+    app.router.add_routes(history_http.routes(settings.proxy.prefixes))
+    for prefix in settings.proxy.prefixes:
+        app.router.add_route("*", prefix.rstrip("/") + "/{tail:.*}", proxy_handler)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    root = app[ROOT]
+    await root.start()
+    try:
+        yield
+    finally:
+        await root.stop()

@@ -1,0 +1,47 @@
+"""What every handler shares: the app's one key (the composition root), JSON answers, the
+request id, and reading a bounded body."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+
+from router.errors import PayloadTooLarge, RouterError
+
+if TYPE_CHECKING:
+    from router.root import Router
+
+ROOT: web.AppKey[Router] = web.AppKey("root")
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def error_response(err: RouterError, request_id: str) -> web.Response:
+    return json_response(err.body(), err.status, {**err.headers, "x-request-id": request_id})
+
+
+def request_id_of(request: web.Request) -> str:
+    return request.headers.get("x-request-id") or secrets.token_hex(8)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"request body of {request.content_length} bytes is over the {limit}-byte limit "
+            "(limits.max_body_bytes)"
+        )
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"request body is over the {limit}-byte limit (limits.max_body_bytes)"
+        ) from None

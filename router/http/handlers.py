@@ -1,0 +1,58 @@
+"""The router's own endpoints and the catch-all proxy handler."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from router.errors import NoHealthyWorker
+from router.http.auth import TENANT
+from router.http.common import ROOT, json_response, read_body, request_id_of
+from router.http.models import list_models
+from router.placement.session import RequestView
+from router.proxy.forward import Outgoing
+from router.proxy.headers import upstream_headers
+
+
+async def proxy_handler(request: web.Request) -> web.StreamResponse:
+    """Any request under a proxied prefix: extract its key, forward it unchanged."""
+    root = request.app[ROOT]
+    body = await read_body(request, root.settings.limits.max_body_bytes)
+    request_id = request_id_of(request)
+    extractor = root.extractor
+    view = RequestView(request.headers, request.query, body if extractor.needs_body else b"")
+    key = extractor.extract(view, tenant=request.get(TENANT))
+    headers = upstream_headers(request, request_id, drop_authorization=TENANT in request)
+    out = Outgoing(request.method, request.rel_url.raw_path_qs, headers, body, request_id, key)
+    return await root.forwarder.forward(request, out)
+
+
+async def models_handler(request: web.Request) -> web.Response:
+    root = request.app[ROOT]
+    healthy = root.pool.healthy()
+    if not healthy:
+        raise NoHealthyWorker()
+    listing = await list_models(root.client, healthy, root.settings.timeouts.probe)
+    return json_response(listing, headers={"x-request-id": request_id_of(request)})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    root = request.app[ROOT]
+    healthy = [w.name for w in root.pool.healthy()]
+    if root.stopping:
+        return json_response({"status": "stopping", "healthy_workers": healthy}, 503)
+    if not healthy:
+        return json_response({"status": "no healthy worker", "healthy_workers": []}, 503)
+    return json_response({"status": "ready", "healthy_workers": healthy})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    root = request.app[ROOT]
+    metrics = root.metrics
+    for worker in root.pool:
+        metrics.worker_healthy.labels(worker.name).set(1 if worker.available else 0)
+        metrics.worker_inflight.labels(worker.name).set(worker.inflight)
+    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})

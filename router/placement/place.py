@@ -1,0 +1,265 @@
+"""Placement: which worker serves each attempt of a request.
+
+Two layers in one module. `Balancer.decide` is pure and synchronous: it is handed a
+`PlacementContext` (the hash key, the workers to avoid, the pinned worker) and applies the
+policy named by `routing.policy` plus what is the same for every policy: slow start for workers
+that rejoin, the pinned worker tried first, when a moved session goes back to its ring home,
+and what happens when most workers are down. `Placement` is the async shell around it: it reads
+the session's pin before the decision and keeps the pin in step after it, and it is the only
+code that touches pins.
+
+Two "homes" are named apart: the *ring home* is where a key hashes when every worker is up;
+the *cache holder* (`Decision.cache_holder`) is where the key's cache is now (its pinned worker
+after a move, else the ring home).
+
+A session served away from its ring home (a spill or a fallback) has its cache on the new
+worker now; a pin keeps it there until it has been idle for `routing.pins.ttl`. Pins are read
+within `routing.pins.store_timeout` and written in background tasks, off the request's path (an
+in-process store answers at once, so it is read and written inline, with no timer). When the
+store fails or is slow, routing carries on with the ring alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Collection, Coroutine
+from dataclasses import dataclass, replace
+from typing import Any
+
+from router.config import PinSettings, RoutingSettings
+from router.errors import DegradedRefusal, NoHealthyWorker
+from router.fleet.workers import Worker, WorkerPool
+from router.metrics import Metrics
+from router.placement.policies import (
+    Decision,
+    Policy,
+    Rehome,
+    Route,
+    SlowStart,
+    build_policy,
+    can_take,
+)
+from router.placement.session import RoutingKey
+from router.store import SessionStore
+
+__all__ = ["Balancer", "Decision", "Placement", "PlacementContext", "Rehome", "Route"]
+
+log = logging.getLogger("kvrouter.placement.place")
+
+WRITE_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementContext:
+    """What one decision is about: the key's ring position (`hash_key`, None for requests
+    without a key), the workers not to use (`avoid`: already tried for this request), and the
+    worker holding the session's cache after an earlier move (`pinned`)."""
+
+    hash_key: str | None
+    avoid: Collection[str] = ()
+    pinned: str | None = None
+
+
+class Balancer:
+    """The pure decision: one policy over one pool, rebuilt only when membership, state or
+    weights change."""
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        settings: RoutingSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._clock = clock
+        self._rng = rng
+        self._by_name: dict[str, Worker] = {}
+        self._healthy = (0, 0)
+        self.degraded = False
+        self._unsubscribe: Callable[[], None] | None = None
+        self._pool = pool
+        self.reconfigure(settings or RoutingSettings())
+
+    def reconfigure(self, settings: RoutingSettings) -> None:
+        """Apply new routing settings: the policy is built again over the same pool."""
+        self._settings = settings
+        self.slow_start = SlowStart(settings.slow_start, self._clock)
+        self.policy: Policy = build_policy(settings, self.slow_start, self._clock, self._rng)
+        self._return_when_healthy = settings.pins.return_home == "when_healthy"
+        self._refuse_when_degraded = settings.degraded.action == "refuse"
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._unsubscribe = self._pool.subscribe(self._on_pool_change)
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the policy places by key, so pins and re-homing mean something."""
+        return self.policy.keyed
+
+    def _on_pool_change(self, pool: WorkerPool) -> None:
+        workers = tuple(pool)
+        self._by_name = {w.name: w for w in workers}
+        self.slow_start.observe(workers)
+        self.policy.update(workers)
+        total = sum(w.weight for w in workers)
+        healthy = sum(w.weight for w in workers if w.available)
+        self._healthy = (sum(1 for w in workers if w.available), len(workers))
+        self.degraded = total > 0 and healthy / total < self._settings.degraded.min_healthy
+
+    def ring_home(self, key: str) -> Worker | None:
+        """The worker a key hashes to, whatever its health; None for policies without keys."""
+        return self.policy.ring_home(key)
+
+    def decide(self, context: PlacementContext) -> Decision:
+        """A worker for this attempt; raises NoHealthyWorker (or DegradedRefusal) when none
+        may take it."""
+        decision = self._decide(context.hash_key, context.avoid, context.pinned)
+        if self.degraded and self._refuse_when_degraded and decision.route is not Route.AFFINITY:
+            healthy, total = self._healthy
+            raise DegradedRefusal(
+                f"only {healthy} of {total} workers are healthy (below routing.degraded."
+                f"min_healthy = {self._settings.degraded.min_healthy}); with routing.degraded."
+                "action = refuse, requests whose own worker cannot take them are refused"
+            )
+        return decision
+
+    def choose(
+        self, key: str | None, exclude: Collection[str] = (), pinned: str | None = None
+    ) -> Decision:
+        """`decide` with the context's parts given one by one (tests, benchmarks)."""
+        return self.decide(PlacementContext(key, exclude, pinned))
+
+    def _decide(self, key: str | None, avoid: Collection[str], pinned: str | None) -> Decision:
+        pin = self._by_name.get(pinned) if pinned is not None and key is not None else None
+        if pin is None or not self.policy.keyed:
+            return self.policy.choose(key, avoid)
+        if self._return_when_healthy and self._ring_home_can_take(key, pin, avoid):
+            return self._return_home(key, pin, avoid)
+        return self.policy.choose(key, avoid, prefer=pin)
+
+    def _ring_home_can_take(self, key: str, pin: Worker, avoid: Collection[str]) -> bool:
+        home = self.policy.ring_home(key)
+        return (
+            home is not None
+            and home is not pin
+            and can_take(home, avoid)
+            and self.slow_start.admits(home, key)
+        )
+
+    def _return_home(self, key: str, pin: Worker, avoid: Collection[str]) -> Decision:
+        """The ring decides again although the cache is on `pin`: count the move back."""
+        decision = self.policy.choose(key, avoid)
+        if decision.worker is pin:
+            return Decision(pin, Route.AFFINITY, pin)
+        return replace(
+            decision, cache_holder=pin, rehomed=decision.rehomed or Rehome.RETURN_HOME
+        )
+
+
+class Placement:
+    """The async shell: reads the session's pin, decides, keeps the pin in step; owns its
+    pending pin writes."""
+
+    def __init__(
+        self, balancer: Balancer, store: SessionStore, settings: PinSettings, metrics: Metrics
+    ) -> None:
+        self.balancer = balancer
+        self._store = store
+        self._metrics = metrics
+        self._writes: set[asyncio.Task[None]] = set()
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: PinSettings) -> None:
+        """Apply new pin settings (and the balancer's policy, if it changed)."""
+        balancer, metrics = self.balancer, self._metrics
+        self._settings = settings
+        self._pins = settings.enabled and balancer.keyed
+        metrics.routing_policy.clear()
+        metrics.routing_policy.labels(balancer.name).set(1)
+        self._placed = {r: metrics.placements.labels(balancer.name, r.value) for r in Route}
+
+    async def place(self, key: RoutingKey, avoid: Collection[str] = ()) -> Decision:
+        """The decision for one attempt; `avoid` names the workers already tried."""
+        pinned = await self._pinned(key)
+        decision = self.balancer.decide(PlacementContext(key.hash_key, avoid, pinned))
+        self._placed[decision.route].inc()
+        if decision.rehomed is not None:
+            self._metrics.rehomed.labels(decision.rehomed.value).inc()
+        if self._pins and key.session is not None:
+            await self._record(key, decision, pinned)
+        return decision
+
+    async def preview(self, key: RoutingKey) -> tuple[str | None, Decision | None]:
+        """Where `key` would be placed now (the pin honoured as `place` would), without
+        counting or writing anything: (pinned worker, decision or None if none can take it)."""
+        pinned = await self._pinned(key)
+        try:
+            return pinned, self.balancer.decide(PlacementContext(key.hash_key, (), pinned))
+        except NoHealthyWorker:
+            return pinned, None
+
+    async def _pinned(self, key: RoutingKey) -> str | None:
+        if not self._pins or key.session is None:
+            return None
+        try:
+            if self._store.in_process:  # nothing to wait for: no timer needed
+                return await self._store.get_pin(key.tenant, key.session)
+            async with asyncio.timeout(self._settings.store_timeout):
+                return await self._store.get_pin(key.tenant, key.session)
+        except Exception as err:  # any store failure: route on the ring alone
+            self._metrics.pin_operations.labels("read", "error").inc()
+            log.debug("pin read for %s/%s failed: %r", key.tenant, key.session, err)
+            return None
+
+    async def _record(self, key: RoutingKey, decision: Decision, pinned: str | None) -> None:
+        """Keep the pin in step with where the session's cache now is."""
+        tenant, session = key.tenant, key.session or ""
+        worker = decision.worker.name
+        ttl = self._settings.ttl
+        if worker == pinned:
+            await self._write("refresh", self._store.set_pin(tenant, session, worker, ttl))
+        elif pinned is None and decision.route is Route.AFFINITY:
+            return
+        elif decision.worker is self.balancer.ring_home(key.hash_key or ""):
+            if pinned is not None:
+                await self._write("delete", self._store.delete_pin(tenant, session))
+        else:
+            await self._write("set", self._store.set_pin(tenant, session, worker, ttl))
+
+    async def _write(self, action: str, write: Coroutine[Any, Any, None]) -> None:
+        """An in-process store's write is done now (it cannot block); any other runs in the
+        background, off the request's path."""
+        if self._store.in_process:
+            await self._guarded(action, write, timed=False)
+            return
+        task = asyncio.get_running_loop().create_task(self._guarded(action, write))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _guarded(
+        self, action: str, write: Coroutine[Any, Any, None], *, timed: bool = True
+    ) -> None:
+        try:
+            if timed:
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await write
+            else:
+                await write
+        except Exception as err:  # a lost pin costs one recompute, never a request
+            self._metrics.pin_operations.labels(action, "error").inc()
+            log.debug("pin %s failed: %r", action, err)
+            return
+        self._metrics.pin_operations.labels(action, "ok").inc()
+
+    async def close(self) -> None:
+        """Let pending pin writes finish (bounded by their timeout)."""
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=WRITE_TIMEOUT)

@@ -1,0 +1,44 @@
+"""Server-sent events split out of a byte stream that may be cut anywhere.
+
+The one parser the relay's taps share (usage sniffing, reply collection): complete events come
+out as they close (`\\n\\n`), an unfinished one waits for the next chunk, and an event that grows
+past `MAX_PENDING` without closing is dropped rather than buffered without bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+MAX_PENDING = 64 * 1024
+DONE = b"[DONE]"
+
+
+class EventSplitter:
+    """Feed chunks, get back the events they complete."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        events = (self._pending + chunk).split(b"\n\n") if self._pending else chunk.split(b"\n\n")
+        tail = events.pop()
+        self._pending = tail if len(tail) <= MAX_PENDING else b""
+        return events
+
+    def flush(self) -> list[bytes]:
+        """The unfinished last event, once the stream has ended."""
+        tail, self._pending = self._pending, b""
+        return [tail] if tail else []
+
+
+def data_of(event: bytes) -> Iterator[bytes]:
+    """The payload of each `data:` line of one event, `[DONE]` included."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            yield line[5:].strip()

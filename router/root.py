@@ -1,0 +1,133 @@
+"""The composition root: every component of a running router, built from `Settings` in one place.
+
+`Router` owns each piece and every background task. `start` brings them up in one order (HTTP
+clients, health probes) and `stop` takes them down in reverse, after the HTTP server has
+drained. `reconfigure` hands new settings to the running components (the reload seam): none of
+them keeps a private copy of its settings that it cannot be told about. The aiohttp app (see
+`router.http.app`) only reads from this object.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+
+from router.config import Settings
+from router.fleet.health import HealthChecker
+from router.fleet.passive import FailureCounts, PassiveHealth
+from router.fleet.workers import WorkerPool
+from router.http.auth import Authenticator
+from router.metrics import Metrics
+from router.orchestrator.persist import Persister
+from router.orchestrator.summary import Summarizer
+from router.orchestrator.tokenizer import ConfiguredTokenizer
+from router.orchestrator.turn import Orchestrator
+from router.placement.calls import WorkerCalls
+from router.placement.place import Balancer, Placement
+from router.placement.session import KeyExtractor
+from router.proxy.forward import Forwarder
+from router.proxy.outcomes import Outcomes
+from router.proxy.relay import Relay
+from router.store import SessionStore, make_store
+from router.upstream import UpstreamClient
+
+log = logging.getLogger("kvrouter")
+
+SHUTDOWN_WRITE_GRACE = 5.0
+
+
+def client_session(settings: Settings) -> aiohttp.ClientSession:
+    """The router's one general HTTP client (health probes, model listing, summaries and
+    `/tokenize`; proxied traffic goes through `router.upstream`): keep-alive, no cookie jar."""
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        limit_per_host=settings.limits.max_connections_per_worker,
+        keepalive_timeout=30,
+        ttl_dns_cache=10,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        trust_env=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.timeouts.connect),
+    )
+
+
+class Router:
+    """Every component of one router, and their lifecycle. Built inside a running event loop
+    (its HTTP clients bind to it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stopping = False
+        self.metrics = metrics = Metrics(settings.metrics.prefix)
+        self.pool = pool = WorkerPool.from_settings(settings.workers)
+        self.failures = FailureCounts()
+        self.passive = PassiveHealth(
+            pool, settings.health.passive, metrics, failures=self.failures
+        )
+        self.store: SessionStore = make_store(settings.store)
+        self.balancer = Balancer(pool, settings.routing)
+        self.placement = Placement(self.balancer, self.store, settings.routing.pins, metrics)
+        self.calls = WorkerCalls(self.placement, pool)
+        self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
+        self.authenticator = Authenticator(settings.auth)
+        self.upstream = UpstreamClient(
+            connect_timeout=settings.timeouts.connect,
+            max_per_worker=settings.limits.max_connections_per_worker,
+        )
+        outcomes = Outcomes(self.passive, metrics)
+        relay = Relay(outcomes, metrics, settings.timeouts)
+        self.forwarder = Forwarder(
+            self.upstream, self.placement, pool, outcomes, relay, metrics, settings.retries,
+            settings.timeouts,
+        )  # fmt: skip
+        self.persister = Persister(self.store, metrics, settings.store.write_retry_deadline)
+        self.client = client_session(settings)
+        history = settings.history
+        self.tokenizer = ConfiguredTokenizer(history.tokenizer, metrics, self.client, self.calls)
+        self.summarizer = Summarizer(
+            history.summary, self.store, self.client, self.calls, self.tokenizer, metrics
+        )
+        self.orchestrator = Orchestrator(
+            history, self.store, self.forwarder, self.tokenizer, self.persister, self.summarizer,
+            metrics, store_wait=2 * settings.store.timeout,
+        )  # fmt: skip
+        self.checker = HealthChecker(
+            pool, settings.health, self.client, metrics, failures=self.failures
+        )
+
+    async def start(self) -> None:
+        """Bring the background pieces up, in order."""
+        self.checker.start()
+
+    async def stop(self) -> None:
+        """Take everything down in reverse order; pending history writes get a short grace."""
+        self.stopping = True
+        await self.checker.stop()
+        await self.summarizer.close()
+        await self.persister.close(min(SHUTDOWN_WRITE_GRACE, self.settings.shutdown_grace))
+        await self.placement.close()
+        await self.upstream.close()
+        await self.client.close()
+        await self.store.close()
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Hand new settings to every running component (the reload seam). Settings fixed
+        when the app and its sockets were built (listen, store, metrics prefix, body limit,
+        connection caps) take effect at the next start; membership changes go through the
+        pool."""
+        self.settings = settings
+        self.passive.reconfigure(settings.health.passive)
+        self.checker.reconfigure(settings.health)
+        self.balancer.reconfigure(settings.routing)
+        self.placement.reconfigure(settings.routing.pins)
+        self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
+        self.authenticator = Authenticator(settings.auth)
+        self.forwarder.reconfigure(settings.retries, settings.timeouts)
+        self.tokenizer.reconfigure(settings.history.tokenizer)
+        self.summarizer.reconfigure(settings.history.summary)
+        self.orchestrator.reconfigure(settings.history)
