@@ -245,15 +245,21 @@ async def test_the_worker_tokenizer_counts_with_the_workers_tokenize_endpoint(
     sim_fleet, router_in_process, http
 ):
     fleet = sim_fleet(1, "--time-scale", "0")
+    worker = fleet.workers[0].url
     history = {"tokenizer": {"kind": "worker"}}
     async with router_in_process(fleet.settings(history=history)) as url:
         await say(http, url, "s", "count these five words", max_tokens=4)
         document = (await stored(http, url, "s", turns=1))[1]
-        tokenize = {"messages": [document["messages"][0]], "add_generation_prompt": False}
-        async with http.post(fleet.workers[0].url + "/tokenize", json=tokenize) as resp:
-            expected = (await resp.json())["count"]
-    user_tokens = document["turns"][0]["tokens"] - (document["tokens"] - expected)
-    assert user_tokens == expected
+    (turn,) = document["turns"]
+    assert [m["role"] for m in turn["messages"]] == ["user", "assistant"]
+    counts = []
+    for message in turn["messages"]:
+        tokenize = {"messages": [message], "add_generation_prompt": False}
+        async with http.post(worker + "/tokenize", json=tokenize) as resp:
+            counts.append((await resp.json())["count"])
+    # each stored message is counted as the worker counts it alone, template included
+    assert turn["tokens"] == sum(counts), (turn["tokens"], counts)
+    assert document["tokens"] == turn["tokens"]
 
 
 async def test_a_reply_is_recorded_only_when_its_stream_completes(
