@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ class ChatUpstream:
         self.prompts: list[list[dict[str, Any]]] = []
         self.headers: list[dict[str, str]] = []
         self.summaries = 0
+        self.summary_delay = 0.0
         self.url = ""
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -30,6 +32,7 @@ class ChatUpstream:
         messages = body["messages"]
         if "Summarise" in str(messages[0].get("content")):
             self.summaries += 1
+            await asyncio.sleep(self.summary_delay)
             return web.json_response(completion(f"SUMMARY-{self.summaries}"))
         self.prompts.append(messages)
         self.headers.append(dict(request.headers))
@@ -172,6 +175,29 @@ async def test_old_turns_are_pruned_whole_and_folded_into_a_background_summary(
     assert "kvrouter_history_pruned_turns_total 0.0" not in metrics
 
 
+async def test_a_turn_that_starts_a_summary_does_not_wait_for_it(upstream, router_in_process, http):
+    upstream.summary_delay = 2.0  # a slow summary model
+    history = {"max_prompt_tokens": 70, "summary": {"enabled": True}}
+    async with router_in_process(settings_for(upstream.url, history=history)) as url:
+        turns = []
+        for turn in range(5):
+            before = upstream.summaries
+            started = time.perf_counter()
+            status, _ = await say(http, url, "s", f"q{turn}", system="be brief", max_tokens=10)
+            turns.append((time.perf_counter() - started, upstream.summaries - before))
+            assert status == 200
+            await stored(http, url, "s", turns=turn + 1)
+        assert sum(started for _, started in turns) >= 1, f"no summary was started: {turns}"
+        slowest = max(seconds for seconds, _ in turns)
+        assert slowest < 0.5 * upstream.summary_delay, f"a turn waited for the summary: {turns}"
+        for _ in range(200):  # the summary still lands, after the turns
+            document = (await stored(http, url, "s"))[1]
+            if document["summary"]:
+                break
+            await asyncio.sleep(0.02)
+        assert document["summary"]["text"] == "SUMMARY-1"
+
+
 async def test_a_new_message_over_the_budget_is_a_400_and_nothing_is_stored(
     upstream, router_in_process, http
 ):
@@ -245,15 +271,21 @@ async def test_the_worker_tokenizer_counts_with_the_workers_tokenize_endpoint(
     sim_fleet, router_in_process, http
 ):
     fleet = sim_fleet(1, "--time-scale", "0")
+    worker = fleet.workers[0].url
     history = {"tokenizer": {"kind": "worker"}}
     async with router_in_process(fleet.settings(history=history)) as url:
         await say(http, url, "s", "count these five words", max_tokens=4)
         document = (await stored(http, url, "s", turns=1))[1]
-        tokenize = {"messages": [document["messages"][0]], "add_generation_prompt": False}
-        async with http.post(fleet.workers[0].url + "/tokenize", json=tokenize) as resp:
-            expected = (await resp.json())["count"]
-    user_tokens = document["turns"][0]["tokens"] - (document["tokens"] - expected)
-    assert user_tokens == expected
+    (turn,) = document["turns"]
+    assert [m["role"] for m in turn["messages"]] == ["user", "assistant"]
+    counts = []
+    for message in turn["messages"]:
+        tokenize = {"messages": [message], "add_generation_prompt": False}
+        async with http.post(worker + "/tokenize", json=tokenize) as resp:
+            counts.append((await resp.json())["count"])
+    # each stored message is counted as the worker counts it alone, template included
+    assert turn["tokens"] == sum(counts), (turn["tokens"], counts)
+    assert document["tokens"] == turn["tokens"]
 
 
 async def test_a_reply_is_recorded_only_when_its_stream_completes(

@@ -4,6 +4,7 @@ prefix affinity for sessionless chats, and refusing displaced sessions when most
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -44,34 +45,74 @@ async def wait_healthy(http: aiohttp.ClientSession, url: str, count: int) -> Non
     raise AssertionError(f"never saw {count} healthy workers")
 
 
+QUESTION = "Plan the rollout of version 2.4 across three regions."
+
+
 async def burst(http, url: str, session: str, count: int) -> list[tuple[int, dict, dict]]:
-    body = chat_body("Plan the rollout of version 2.4 across three regions.", max_tokens=8)
+    body = chat_body(QUESTION, max_tokens=8)
     return await asyncio.gather(*(post(http, url, body, session) for _ in range(count)))
 
 
-async def test_a_hot_session_spills_under_bounded_load_and_keeps_its_cache_where_it_moved(
+async def streamed(http, url: str, session: str, max_tokens: int) -> tuple[dict, float, float]:
+    """Headers of one streamed answer, when its first token arrived and when it ended."""
+    body = chat_body(QUESTION, max_tokens=max_tokens, stream=True)
+    headers = {"x-session-id": session}
+    async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
+        assert resp.status == 200
+        await resp.content.readany()
+        first = time.monotonic()
+        await resp.read()
+        return dict(resp.headers), first, time.monotonic()
+
+
+async def test_a_hot_session_spills_under_bounded_load_within_its_in_flight_bound(
     sim_fleet, router_in_process, http
 ):
     fleet: SimFleet = sim_fleet(4, "--decode-ms-per-token", "25", "--prefill-ms-per-token", "0")
     settings = fleet.settings(routing={"policy": "bounded_load"})
     async with router_in_process(settings) as url:
-        results = await burst(http, url, "agent-1", 12)
-        assert all(status == 200 for status, _, _ in results)
-        workers = Counter(h["x-kvrouter-worker"] for _, h, _ in results)
-        routes = Counter(h["x-kvrouter-route"] for _, h, _ in results)
+        results = await asyncio.gather(*(streamed(http, url, "agent-1", 24) for _ in range(12)))
+        # every answer had begun before any ended: all 12 were in flight at once, so the
+        # requests each worker got are its peak in-flight count
+        assert max(first for _, first, _ in results) < min(end for _, _, end in results)
+        workers = Counter(h["x-kvrouter-worker"] for h, _, _ in results)
+        routes = Counter(h["x-kvrouter-route"] for h, _, _ in results)
         assert len(workers) > 1 and routes["spill"] > 0
         assert max(workers.values()) <= 4  # ceil(1.25 x 12 / 4)
-        spilled = [h for _, h, _ in results if h["x-kvrouter-route"] == "spill"]
+        spilled = [h for h, _, _ in results if h["x-kvrouter-route"] == "spill"]
         assert all(h["x-kvrouter-rehomed"] == "overloaded" for h in spilled)
         assert await metric(http, url, 'kvrouter_rehomed_total{reason="overloaded"}') == len(
             spilled
         )
-        await asyncio.sleep(0.1)
-        status, headers, doc = await post(
-            http, url, chat_body("Plan the rollout of version 2.4 across three regions."), "agent-1"
-        )
-        assert status == 200 and headers["x-kvrouter-route"] == "affinity"
-        assert cached(doc) > 0, "the pinned worker served this prompt before"
+
+
+async def test_a_session_spilled_off_its_busy_home_stays_on_the_worker_it_moved_to(
+    sim_fleet, router_in_process, http
+):
+    fleet: SimFleet = sim_fleet(4, "--decode-ms-per-token", "25", "--prefill-ms-per-token", "0")
+    settings = fleet.settings(routing={"policy": "bounded_load"})
+    async with router_in_process(settings) as url:
+        body = chat_body(QUESTION, max_tokens=40, stream=True)  # 1 s of tokens on its home
+        async with http.post(
+            url + "/v1/chat/completions", json=body, headers={"x-session-id": "agent-1"}
+        ) as busy:
+            assert busy.status == 200 and busy.headers["x-kvrouter-route"] == "affinity"
+            home = busy.headers["x-kvrouter-worker"]
+            await busy.content.readany()
+            # one request in flight, on home: with 4 workers the bound is ceil(1.25 x 2 / 4) = 1
+            _, spill, _ = await post(http, url, chat_body(QUESTION), "agent-1")
+            await busy.read()
+        moved_to = spill["x-kvrouter-worker"]
+        assert moved_to != home and spill["x-kvrouter-route"] == "spill"
+        assert spill["x-kvrouter-rehomed"] == "overloaded"
+        await asyncio.sleep(0.1)  # home is idle again
+        for _ in range(3):
+            status, headers, doc = await post(http, url, chat_body(QUESTION), "agent-1")
+            assert status == 200
+            assert headers["x-kvrouter-worker"] == moved_to, f"went back to {home}, off its pin"
+            assert headers["x-kvrouter-route"] == "affinity"
+            assert "x-kvrouter-rehomed" not in headers
+            assert cached(doc) > 0, "the worker it moved to served this prompt before"
 
 
 async def test_consistent_hash_keeps_a_hot_session_on_one_worker(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import aiohttp
 import orjson
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from router.config import parse_settings
 from router.launch import free_port
-from tests.conftest import chat_body
+from tests.conftest import FAST_HEALTH, SimFleet, chat_body
 
 ERROR_KEYS = {"message", "type", "code"}
 
@@ -210,6 +211,68 @@ async def test_retryable_status_is_retried_on_another_worker(sim_fleet, router_i
             assert resp.status == 200
             assert resp.headers["x-kvrouter-worker"] == other.name
             assert resp.headers["x-kvrouter-route"] == "fallback"
+
+
+# Bad workers stay in rotation, so every attempt goes where the retry logic sends it.
+KEEP_BAD_WORKERS = {**FAST_HEALTH, "passive": {"consecutive_failures": 1000}}
+
+
+async def requests_seen(http, fleet: SimFleet) -> Counter[str]:
+    """Completion requests each simulated worker has received so far."""
+    seen: Counter[str] = Counter()
+    for worker in fleet.workers:
+        async with http.get(worker.url + "/sim/stats") as resp:
+            seen[worker.name] = (await resp.json())["requests"]
+    return seen
+
+
+async def tries_of_one_request(http, url: str, fleet: SimFleet, session: str):
+    """(status, worker header, tries per worker) of one request, from the workers' counters."""
+    before = await requests_seen(http, fleet)
+    headers = {"x-session-id": session}
+    async with http.post(url + "/v1/chat/completions", json=chat_body(), headers=headers) as resp:
+        await resp.read()
+        status, worker = resp.status, resp.headers.get("x-kvrouter-worker")
+    tries = await requests_seen(http, fleet) - before
+    return status, worker, tries
+
+
+async def test_retries_stop_after_retries_attempts_and_never_revisit_a_worker(
+    sim_fleet, router_in_process, http
+):
+    fleet = sim_fleet(4, "--time-scale", "0", "--error-rate", "1", "--error-status", "503")
+    for attempts in (0, 1, 2, 3):
+        settings = fleet.settings(retries={"attempts": attempts}, health=KEEP_BAD_WORKERS)
+        async with router_in_process(settings) as url:
+            for n in range(4):
+                status, worker, tries = await tries_of_one_request(
+                    http, url, fleet, f"retry-{attempts}-{n}"
+                )
+                assert status == 503, (attempts, status)
+                assert sum(tries.values()) == attempts + 1, (attempts, dict(tries))
+                assert max(tries.values()) == 1, f"a worker was tried twice: {dict(tries)}"
+                assert worker in tries, "the client sees the answer of a worker that was tried"
+
+
+async def test_a_request_retried_past_three_bad_workers_is_served_by_the_good_one(
+    sim_fleet, router_in_process, http
+):
+    fleet = sim_fleet(4, "--time-scale", "0")
+    good = fleet.workers[0]
+    for worker in fleet.workers[1:]:
+        async with http.post(
+            worker.url + "/sim/fault", json={"error_rate": 1.0, "error_status": 502}
+        ) as resp:
+            assert resp.status == 200
+    settings = fleet.settings(retries={"attempts": 3}, health=KEEP_BAD_WORKERS)
+    async with router_in_process(settings) as url:
+        longest = 0
+        for n in range(20):
+            status, worker, tries = await tries_of_one_request(http, url, fleet, f"user-{n}")
+            assert status == 200 and worker == good.name, (status, worker, dict(tries))
+            assert tries[good.name] == 1 and max(tries.values()) == 1, dict(tries)
+            longest = max(longest, sum(tries.values()))
+    assert longest == 4, "some session's first three choices should all be bad workers"
 
 
 async def test_models_answer_from_healthy_workers_when_one_is_down(

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from router.config import parse_settings
-from tests.conftest import chat_body
+from tests.conftest import FAST_HEALTH, chat_body
 
 pytestmark = pytest.mark.slow
 
@@ -152,3 +152,40 @@ async def test_a_client_leaving_mid_stream_is_not_logged_as_an_error(
             assert resp.status == 200
     noisy = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert noisy == [], [r.getMessage() for r in noisy]
+
+
+async def test_a_worker_answering_500_while_its_probes_pass_is_ejected_by_live_traffic(
+    sim_fleet, router_in_process, http
+):
+    fleet = sim_fleet(2, "--time-scale", "0")
+    health = {**FAST_HEALTH, "passive": {"consecutive_failures": 2, "base_ejection": 30}}
+    async with router_in_process(fleet.settings(health=health)) as url:
+
+        async def ask() -> tuple[int, str, str | None]:
+            headers = {"x-session-id": "s-500"}
+            async with http.post(
+                url + "/v1/chat/completions", json=chat_body(), headers=headers
+            ) as resp:
+                await resp.read()
+                return (
+                    resp.status,
+                    resp.headers["x-kvrouter-worker"],
+                    resp.headers.get("x-kvrouter-rehomed"),
+                )
+
+        status, home, _ = await ask()
+        assert status == 200
+        other = next(w.name for w in fleet.workers if w.name != home)
+        await set_fault(http, fleet.by_name(home).url, error_rate=1.0, error_status=500)
+        # 500 is not in retries.on_status: the client sees it; the first leaves it in rotation
+        assert await ask() == (500, home, None)
+        assert await ask() == (500, home, None)
+        assert await ask() == (200, other, "ejected")
+        async with http.get(fleet.by_name(home).url + "/health") as resp:
+            assert resp.status == 200, "its probes pass: only live traffic can tell"
+        async with http.get(url + "/metrics") as resp:
+            text = await resp.text()
+        assert metric(text, "kvrouter_worker_healthy", worker=home) == 0
+        assert metric(text, "kvrouter_worker_healthy", worker=other) == 1
+        async with http.get(url + "/readyz") as resp:
+            assert (await resp.json())["healthy_workers"] == [other]
