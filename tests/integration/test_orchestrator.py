@@ -188,7 +188,8 @@ async def test_a_turn_that_starts_a_summary_does_not_wait_for_it(upstream, route
             assert status == 200
             await stored(http, url, "s", turns=turn + 1)
         assert sum(started for _, started in turns) >= 1, f"no summary was started: {turns}"
-        slowest = max(seconds for seconds, _ in turns)
+        # the first turn also loads the tokenizer, so only turns that started a summary count
+        slowest = max(seconds for seconds, started in turns if started)
         assert slowest < 0.5 * upstream.summary_delay, f"a turn waited for the summary: {turns}"
         for _ in range(200):  # the summary still lands, after the turns
             document = (await stored(http, url, "s"))[1]
