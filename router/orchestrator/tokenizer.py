@@ -96,8 +96,9 @@ class LazyTokenizer:
         self._loading: asyncio.Future[Tokenizer] | None = None
 
     @property
-    def loaded(self) -> bool:
-        return self._loading is not None and self._loading.done()
+    def started(self) -> bool:
+        """Whether loading has begun (on the first count)."""
+        return self._loading is not None
 
     async def count(self, messages: Sequence[Message]) -> list[int]:
         if self._loading is None:
@@ -205,9 +206,9 @@ class ConfiguredTokenizer:
 
     @property
     def loaded(self) -> bool:
-        """Whether a tokenizer has been built and is ready to count."""
+        """Whether a tokenizer has been built (and a local one has begun loading its tables)."""
         current = self._current
-        return current is not None and getattr(current, "loaded", True)
+        return current is not None and getattr(current, "started", True)
 
     def reconfigure(self, settings: TokenizerSettings) -> None:
         if settings != self._settings:
