@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from router.launch import (
+from router.tooling.launch import (
     free_port,
     kill_process,
     start_python,

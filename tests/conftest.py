@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from router.config import Settings, parse_settings
-from router.launch import (
+from router.server import running
+from router.tooling.launch import (
     free_port,
     kill_process,
     start_python,
@@ -22,7 +23,6 @@ from router.launch import (
     stop_process,
     wait_http_ok,
 )
-from router.server import running
 
 FAST_HEALTH = {"interval": 0.2, "timeout": 0.3, "fall": 2, "rise": 2, "jitter": 0.1}
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from router.auth import key_digest
 from router.config import parse_settings
-from router.launch import free_port
+from router.tooling.launch import free_port
 
 SERVER = {"x-kvrouter-history": "server"}
 

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from router.config import parse_settings
-from router.launch import free_port
+from router.tooling.launch import free_port
 from tests.conftest import chat_body
 
 ERROR_KEYS = {"message", "type", "code"}

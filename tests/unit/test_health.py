@@ -3,8 +3,8 @@ import pytest
 
 from router.config import HealthSettings, PassiveHealthSettings
 from router.health import HealthChecker, PassiveHealth
-from router.launch import free_port
 from router.metrics import Metrics
+from router.tooling.launch import free_port
 from router.workers import Worker, WorkerPool, WorkerState
 
 

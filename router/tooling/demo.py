@@ -8,10 +8,10 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-from router.chatload import Turn, run_chat_load
 from router.config import Settings, parse_settings
-from router.launch import free_port, start_sim_worker, stop_process, wait_http_ok
 from router.server import install_fast_loop, running
+from router.tooling.chatload import Turn, run_chat_load
+from router.tooling.launch import free_port, start_sim_worker, stop_process, wait_http_ok
 
 EXAMPLE = """\
 Try it:

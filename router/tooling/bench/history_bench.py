@@ -1,6 +1,6 @@
 """History read + prompt rebuild latency, and client egress per turn, printed as tables.
 
-    python -m bench.history_bench [--redis-url redis://127.0.0.1:6379/0 | --own-redis] [--quick]
+    python -m router.tooling.bench.history_bench [--redis-url URL | --own-redis] [--quick]
 
 Latency: one orchestrator turn's store work on the time-to-first-token path, measured for
 sessions of 10, 100 and 1,000 turns stored in a local Redis (and in memory, for reference):
@@ -32,9 +32,9 @@ from router.config import StoreSettings
 from router.context.history import decode_history, encode_entry, prompt_body
 from router.context.prune import Budget, build_prompt
 from router.context.tokenizer import bpe_tokenizer
-from router.launch import free_port
 from router.store import MemoryStore, SessionStore
 from router.store.redis import RedisStore
+from router.tooling.launch import free_port
 
 WORDS = (
     "the cache router worker session prefix token model reply question answer budget "

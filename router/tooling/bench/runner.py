@@ -4,7 +4,7 @@ upstream, the Rust vllm-router in the same position, and a naive aiohttp proxy.
 Every proxy under test is pinned to one core; the load generator and the upstreams share the
 other, so the direct baseline shows how much headroom they leave. Every process is started on a
 free loopback port and stopped by PID; every phase is bounded in requests and seconds. Progress
-goes to stderr; the table to stdout, and everything measured to bench/out/bench.json.
+goes to stderr; the table to stdout, and everything measured to bench-out/bench.json (`--out`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from typing import Any
 
 import orjson
 
-from router.launch import PROJECT_ROOT, free_port, stop_process, wait_http_ok
+from router.tooling.launch import child_env, free_port, stop_process, wait_http_ok
 
-BENCH_DIR = PROJECT_ROOT / "bench"
-OUT_FILE = BENCH_DIR / "out" / "bench.json"
+HERE = "router.tooling.bench"  # the helper programs run as its modules
+WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")
+OUT_FILE = Path("bench-out") / "bench.json"
 KEYS = 64
 RUST = "vllm-router"
 NAIVE = "naive"
@@ -100,13 +101,6 @@ class Progress:
 # --- processes --------------------------------------------------------------------------------
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    env.update(extra or {})
-    return env
-
-
 class Processes:
     """Every long-running process of one phase; all stopped by PID when the block ends."""
 
@@ -118,7 +112,7 @@ class Processes:
     ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             list(argv),
-            env=_env(env),
+            env=child_env(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -166,11 +160,11 @@ class Endpoint:
 
 
 def start_fast_upstreams(procs: Processes, cores: Cores, count: int = 2) -> list[Endpoint]:
-    script = str(BENCH_DIR / "fast_upstream.py")
     ups = []
     for i in range(count):
         port = free_port()
-        argv = [sys.executable, script, "--port", str(port), "--name", f"up-{i}"]
+        argv = [sys.executable, "-m", f"{HERE}.fast_upstream", "--port", str(port),
+                "--name", f"up-{i}"]  # fmt: skip
         ups.append((procs.start(argv, cores.load), Endpoint(f"up-{i}", port)))
     for proc, up in ups:
         wait_http_ok(up.url + "/health", proc=proc)
@@ -239,7 +233,7 @@ def start_rust(
 
 def start_naive(procs: Processes, cores: Cores, upstreams: Sequence[Endpoint]) -> Endpoint:
     port = free_port()
-    argv = [sys.executable, str(BENCH_DIR / "naive_proxy.py"), "--port", str(port)]
+    argv = [sys.executable, "-m", f"{HERE}.naive_proxy", "--port", str(port)]
     for up in upstreams:
         argv += ["--upstream", up.url]
     proc = procs.start(argv, cores.proxy)
@@ -266,7 +260,7 @@ def rss_mb(pid: int) -> float:
 def _run_json(argv: Sequence[str], cpus: frozenset[int] | None, timeout: float) -> dict[str, Any]:
     """Run a load generator to completion and return the JSON object on its last stdout line."""
     done = subprocess.run(
-        list(argv), env=_env(), stdin=subprocess.DEVNULL, capture_output=True,
+        list(argv), env=child_env(), stdin=subprocess.DEVNULL, capture_output=True,
         timeout=timeout, preexec_fn=_pin(cpus), check=False,
     )  # fmt: skip
     lines = [ln for ln in done.stdout.decode().splitlines() if ln.startswith("{")]
@@ -276,8 +270,8 @@ def _run_json(argv: Sequence[str], cpus: frozenset[int] | None, timeout: float) 
 
 
 def _loadgen(mode: str, target: Endpoint, *args: str) -> list[str]:
-    script = str(BENCH_DIR / "loadgen.py")
-    return [sys.executable, script, mode, "--port", str(target.port), "--keys", str(KEYS), *args]
+    return [sys.executable, "-m", f"{HERE}.loadgen", mode, "--port", str(target.port),
+            "--keys", str(KEYS), *args]  # fmt: skip
 
 
 def measure_rate(target: Endpoint, plan: Plan, cores: Cores, loadgen: str) -> dict[str, Any]:
@@ -304,7 +298,7 @@ def _python_rate(target: Endpoint, seconds: int, plan: Plan, cores: Cores) -> di
 def _wrk_rate(target: Endpoint, seconds: int, plan: Plan, cores: Cores) -> dict[str, Any]:
     argv = [
         "wrk", "-t1", f"-c{plan.connections}", f"-d{seconds}s", "--timeout", "5s",
-        "-s", str(BENCH_DIR / "wrk_post.lua"), target.url, "--", str(KEYS),
+        "-s", str(WRK_SCRIPT), target.url, "--", str(KEYS),
     ]  # fmt: skip
     out = _run_json(argv, cores.load, seconds + 60)
     elapsed = out["duration_us"] / 1e6
@@ -340,7 +334,7 @@ def measure_held_rss(target: Endpoint, plan: Plan, cores: Cores) -> dict[str, An
         "--ramp-rate", str(RSS_RAMP_RATE),
     )  # fmt: skip
     proc = subprocess.Popen(
-        argv, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        argv, env=child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, preexec_fn=_pin(cores.load),
     )  # fmt: skip
     try:
@@ -586,7 +580,7 @@ def notes(results: Results, setup: Setup) -> list[str]:
     out = [
         f"mode: {meta['mode']}; {setup.cores.describe()}",
         f"load generator: {meta['loadgen_detail']}",
-        "upstreams: throughput + latency use bench/fast_upstream.py (2 processes; the sim "
+        "upstreams: throughput + latency use fast_upstream.py (2 processes; the sim "
         "tops out near 4k req/s on a shared core); SSE and RSS use the simulated worker "
         "(--time-scale 0 for SSE; 100 ms/token decode for RSS, where kvrouter gets "
         f"timeouts.connect: {RSS_CONNECT_TIMEOUT:g}; streams open at {RSS_RAMP_RATE}/s)",
@@ -629,8 +623,8 @@ def _choose_loadgen(choice: str) -> tuple[str, str]:
     if choice == "wrk" and not wrk:
         raise SystemExit("kvrouter bench: --loadgen wrk but wrk is not installed")
     if choice != "python" and wrk:
-        return "wrk", f"wrk ({wrk}, 1 thread) for throughput; bench/loadgen.py for the rest"
-    return "python", "bench/loadgen.py (raw uvloop client) for every phase; wrk not used"
+        return "wrk", f"wrk ({wrk}, 1 thread) for throughput; loadgen.py for the rest"
+    return "python", "loadgen.py (raw uvloop client) for every phase; wrk not used"
 
 
 def _raise_fd_limit() -> None:

@@ -8,8 +8,8 @@
 None of them does routing, retries, header rewriting or metrics, and the lean pieces know only
 Content-Length framing: they bound what each layer costs, they are not proxies to deploy.
 
-  python bench/layer_probe.py              # each variant pinned like the router in the bench
-  python bench/layer_probe.py serve VARIANT --port P --upstream U   # run one variant
+  python -m router.tooling.bench.layer_probe     # each variant pinned like the router in the bench
+  python -m router.tooling.bench.layer_probe serve VARIANT --port P --upstream U   # one variant
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ async def serve(variant: str, port: int, upstream: str) -> None:
 
 def run_all(seconds: int, rounds: int) -> None:
     """Each variant pinned like the router in `kvrouter bench`, against the same upstream."""
-    from router import bench
+    from router.tooling.bench import runner as bench
 
     cores = bench.Cores.split()
     plan = bench.Plan(rounds, seconds, 1, 64, 0, 0, 1.0, 0.0, 0, 0, 0, 0.0)
@@ -199,8 +199,8 @@ def run_all(seconds: int, rounds: int) -> None:
         upstream = bench.start_fast_upstreams(procs, cores, count=1)[0]
         for variant in VARIANTS:
             port = bench.free_port()
-            argv = [sys.executable, __file__, "serve", variant, "--port", str(port),
-                    "--upstream", f"127.0.0.1:{upstream.port}"]  # fmt: skip
+            argv = [sys.executable, "-m", "router.tooling.bench.layer_probe", "serve", variant,
+                    "--port", str(port), "--upstream", f"127.0.0.1:{upstream.port}"]  # fmt: skip
             proc = procs.start(argv, cores.proxy)
             bench.wait_http_ok(f"http://127.0.0.1:{port}/health", proc=proc)
             target = bench.Endpoint(variant, port, proc.pid)
