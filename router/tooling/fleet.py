@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -184,8 +184,19 @@ class RouterProcess:
             raise
         return cls(url, proc)
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rpartition(":")[2])
+
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+def router_config(workers: Iterable[tuple[str, str]], **sections: Any) -> dict[str, Any]:
+    """A router config, as a plain dict, listening on a free loopback port in front of
+    `(name, url)` workers; each of `sections` sets a whole top-level section."""
+    listed = [{"url": url, "name": name} for name, url in workers]
+    return {"listen": f"{LOOPBACK}:{free_port()}", "workers": listed, **sections}
 
 
 @contextlib.asynccontextmanager
@@ -273,15 +284,11 @@ class LocalFleet:
     def config(self, **overrides: Any) -> dict[str, Any]:
         """A router config for these workers on a free port, as a plain dict; each override
         replaces a whole top-level section."""
-        raw: dict[str, Any] = {
-            "listen": f"{LOOPBACK}:{free_port()}",
-            "workers": [{"url": w.url, "name": w.name} for w in self.workers],
-            **copy.deepcopy(self._defaults),
-        }
+        sections = copy.deepcopy(self._defaults)
         if self.redis is not None:
-            raw["store"] = {"url": self.redis.url}
-        raw.update(overrides)
-        return raw
+            sections["store"] = {"url": self.redis.url}
+        sections.update(overrides)
+        return router_config(zip(self.names, self.urls, strict=True), **sections)
 
     def settings(self, **overrides: Any) -> Settings:
         return parse_settings(self.config(**overrides), "local fleet", env={})
