@@ -22,7 +22,7 @@ bench: $(STAMP)  ## proxy overhead, throughput, streaming and memory: prints a t
 	$(PY) -m router bench
 
 bench-history: $(STAMP)  ## history read + prompt rebuild latency and client egress (needs Redis on :6379)
-	$(PY) -m bench.history_bench
+	$(PY) -m router.tooling.bench.history_bench
 
 bench-routing: $(STAMP)  ## placement policies on one seeded workload vs the oracle (~5 min; QUICK=1 ~1 min)
 	$(PY) -m loadtests.compare_policies $(if $(QUICK),--quick)
@@ -31,7 +31,7 @@ bench-failover: $(STAMP)  ## one worker killed and restarted mid-run, per return
 	$(PY) -m loadtests.failover $(if $(QUICK),--quick)
 
 bench-decision: $(STAMP)  ## placement decision cost with 64 workers (p50/p99)
-	$(PY) -m bench.decision_cost
+	$(PY) -m router.tooling.bench.decision_cost
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

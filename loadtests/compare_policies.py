@@ -20,14 +20,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from loadtests.fleet import SimSettings, running_fleet, running_router
 from loadtests.oracle import CacheFigures, replay
 from loadtests.player import Player, Record
 from loadtests.report import Summary, summarise, table
 from loadtests.workload import PROFILES, Profile, plan_users
+from router.tooling.fleet import LocalFleet, SimSettings
 
 OUT = Path(__file__).resolve().parent / "out"
 WORKERS = 4
+ROUTER_DEFAULTS = {"shutdown_grace": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +107,12 @@ def run_scenario(name: str, scenario: Scenario, seed: int) -> tuple[CacheFigures
           file=sys.stderr, flush=True)  # fmt: skip
     oracle = replay(users, WORKERS, scenario.sim.cache_tokens)
     summaries = []
-    with running_fleet(scenario.sim, WORKERS) as fleet:
+    with LocalFleet(WORKERS, scenario.sim.flags(), router_defaults=ROUTER_DEFAULTS) as fleet:
         for variant in scenario.variants:
             fleet.reset_caches()
-            with running_router(fleet, variant.routing) as url:
+            with fleet.router_process(routing=variant.routing) as router:
                 player = Player(
-                    url,
+                    router.url,
                     scenario.sim.time_scale,
                     send_session_id=variant.session_ids,
                     on_record=progress(f"[{name}] {variant.label}", total),

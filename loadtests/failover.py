@@ -20,10 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from loadtests.fleet import Fleet, SimSettings, running_fleet, running_router
+from loadtests.compare_policies import ROUTER_DEFAULTS
 from loadtests.player import Player, Record
 from loadtests.report import percentile, table
 from loadtests.workload import PROFILES, plan_users
+from router.tooling.fleet import LocalFleet, SimSettings
 
 OUT_NAME = "failover"
 VICTIM = 1
@@ -133,7 +134,7 @@ def judge(label: str, records: Sequence[Record], timeline: Timeline, victim: str
 
 
 async def play_with_failure(
-    fleet: Fleet, url: str, users: list, scale: float, timeline: Timeline, seed: int
+    fleet: LocalFleet, url: str, users: list, scale: float, timeline: Timeline, seed: int
 ) -> list[Record]:
     player = Player(url, scale)
 
@@ -221,15 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     routing_base = {"policy": "bounded_load", "slow_start": {"window": 30 * sim.time_scale}}
     started = time.monotonic()
     results = []
-    with running_fleet(sim, 4) as fleet:
+    with LocalFleet(4, sim.flags(), router_defaults=ROUTER_DEFAULTS) as fleet:
         for label, routing in VARIANTS:
             print(f"[failover] {label}", file=sys.stderr, flush=True)
-            if fleet.procs[VICTIM] is None:
+            if not fleet.workers[VICTIM].running:
                 fleet.restart(VICTIM)
             fleet.reset_caches()
-            with running_router(fleet, {**routing_base, **routing}) as url:
+            with fleet.router_process(routing={**routing_base, **routing}) as router:
                 records = asyncio.run(
-                    play_with_failure(fleet, url, users, sim.time_scale, timeline, ns.seed)
+                    play_with_failure(fleet, router.url, users, sim.time_scale, timeline, ns.seed)
                 )
             results.append(judge(label, records, timeline, fleet.names[VICTIM], width))
     print(render(results, sim.time_scale))

@@ -49,13 +49,13 @@ def _cmd_sim_worker(ns: argparse.Namespace) -> int:
 
 
 def _cmd_demo(ns: argparse.Namespace) -> int:
-    from router.demo import run_demo
+    from router.tooling.demo import run_demo
 
     return run_demo(ns)
 
 
 def _cmd_bench(ns: argparse.Namespace) -> int:
-    from router.bench import run_bench
+    from router.tooling.bench.runner import run_bench
 
     return run_bench(ns)
 
@@ -83,13 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_cmd_sim_worker)
 
     demo = commands.add_parser("demo", help="4 simulated workers and the router on loopback")
-    from router.demo import add_demo_arguments
+    from router.tooling.demo import add_demo_arguments
 
     add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
 
     bench = commands.add_parser("bench", help="proxy overhead benchmark; prints a table")
-    from router.bench import add_bench_arguments
+    from router.tooling.bench.runner import add_bench_arguments
 
     add_bench_arguments(bench)
     bench.set_defaults(func=_cmd_bench)

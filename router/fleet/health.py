@@ -22,7 +22,7 @@ from router.fleet.passive import FailureCounts
 from router.fleet.workers import Worker, WorkerPool, WorkerState
 from router.metrics import Metrics
 
-log = logging.getLogger("kvrouter.fleet.health")
+log = logging.getLogger("kvrouter.health")
 
 Clock = Callable[[], float]
 

@@ -16,7 +16,7 @@ from router.errors import HistoryUnavailable
 from router.metrics import Metrics
 from router.store import SessionStore, StoreUnavailable
 
-log = logging.getLogger("kvrouter.orchestrator.persist")
+log = logging.getLogger("kvrouter.persist")
 
 Entries = Sequence[bytes] | Callable[[], Awaitable[Sequence[bytes]]]
 FIRST_RETRY_DELAY = 0.05

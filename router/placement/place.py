@@ -47,7 +47,7 @@ from router.store import SessionStore
 
 __all__ = ["Balancer", "Decision", "Placement", "PlacementContext", "Rehome", "Route"]
 
-log = logging.getLogger("kvrouter.placement.place")
+log = logging.getLogger("kvrouter.placement")
 
 WRITE_TIMEOUT = 2.0
 

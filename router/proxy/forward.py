@@ -33,7 +33,7 @@ from router.upstream import (
     UpstreamClient,
 )
 
-log = logging.getLogger("kvrouter.proxy.forward")
+log = logging.getLogger("kvrouter.proxy")
 
 _BEFORE_HEAD = (ConnectFailed, ClosedBeforeHead, ProtocolError, TimeoutError)
 

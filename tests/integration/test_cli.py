@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from router.launch import PROJECT_ROOT, child_env
+from router.tooling.launch import child_env
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def kvrouter(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

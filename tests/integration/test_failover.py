@@ -10,7 +10,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from router.launch import kill_process
+from router.tooling.launch import kill_process
 from tests.conftest import FAST_HEALTH, SimFleet, chat_body
 
 pytestmark = pytest.mark.slow

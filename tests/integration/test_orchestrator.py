@@ -12,7 +12,7 @@ from aiohttp import web
 
 from router.config import parse_settings
 from router.http.auth import key_digest
-from router.launch import free_port
+from router.tooling.launch import free_port
 
 SERVER = {"x-kvrouter-history": "server"}
 

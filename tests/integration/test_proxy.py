@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from router.config import parse_settings
-from router.launch import free_port
+from router.tooling.launch import free_port
 from tests.conftest import FAST_HEALTH, SimFleet, chat_body
 
 ERROR_KEYS = {"message", "type", "code"}

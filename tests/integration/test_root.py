@@ -14,9 +14,9 @@ from aiohttp import web
 
 from router.config import parse_settings
 from router.http.common import ROOT
-from router.launch import free_port
 from router.root import Router
 from router.server import running
+from router.tooling.launch import free_port
 
 SERVER = {"x-kvrouter-history": "server"}
 ADMIN = {"Authorization": "Bearer admin-secret-0123456789"}

@@ -143,7 +143,7 @@ async def test_an_unreachable_redis_fails_fast_naming_itself_and_pins_degrade(un
 
 @pytest.fixture
 def unused_port() -> int:
-    from router.launch import free_port
+    from router.tooling.launch import free_port
 
     return free_port()
 

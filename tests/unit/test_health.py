@@ -5,8 +5,8 @@ from router.config import HealthSettings, PassiveHealthSettings
 from router.fleet.health import HealthChecker
 from router.fleet.passive import PassiveHealth
 from router.fleet.workers import Worker, WorkerPool, WorkerState
-from router.launch import free_port
 from router.metrics import Metrics
+from router.tooling.launch import free_port
 
 
 class Clock:

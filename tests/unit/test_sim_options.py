@@ -2,8 +2,9 @@ import argparse
 
 import pytest
 
-from router.sim import SimOptions, add_sim_arguments, sim_options_from_args
+from router.sim.cli import add_sim_arguments, sim_options_from_args
 from router.sim.faults import Faults
+from router.sim.options import SimOptions
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -4,7 +4,7 @@ An aiohttp server and one ClientSession, the default asyncio loop (no uvloop): r
 forward it to an upstream picked by hashing `x-session-id`, read the answer, return it. No
 retries, health checks, metrics or streaming.
 
-Usage: python bench/naive_proxy.py --port P --upstream http://127.0.0.1:U [--upstream ...]
+Usage: python -m router.tooling.bench.naive_proxy --port P --upstream http://127.0.0.1:U [...]
 """
 
 from __future__ import annotations

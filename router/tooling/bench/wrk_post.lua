@@ -1,6 +1,6 @@
 -- wrk script for `kvrouter bench`: small non-streaming chat completions, each carrying an
 -- x-session-id from a rotating set of keys so the router's consistent-hash path is exercised.
--- Usage: wrk -t1 -c64 -d10s -s bench/wrk_post.lua http://127.0.0.1:PORT -- KEYS
+-- Usage: wrk -t1 -c64 -d10s -s router/tooling/bench/wrk_post.lua http://127.0.0.1:PORT -- KEYS
 -- Requests are formatted once in init(); done() prints one JSON line with the totals.
 
 local requests = {}

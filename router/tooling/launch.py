@@ -10,10 +10,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+def _checkout_root() -> Path | None:
+    """The source checkout this package runs from, or None when it is installed."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+CHECKOUT = _checkout_root()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -22,28 +29,46 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def child_env() -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment plus `extra`; from a checkout, children also import it first."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    if CHECKOUT is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT), env.get("PYTHONPATH")]))
+    env.update(extra or {})
     return env
 
 
-def start_python(module_args: Sequence[str], quiet: bool = True) -> subprocess.Popen[bytes]:
-    """`python -m <module_args>` as a child process; its PID is the handle to stop it."""
+def pin(cpus: frozenset[int] | None) -> Callable[[], None] | None:
+    """A `preexec_fn` that keeps a child on `cpus` (None: wherever the kernel likes)."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def start_process(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cpus: frozenset[int] | None = None,
+    quiet: bool = True,
+) -> subprocess.Popen[bytes]:
+    """`argv` as a child process on `cpus`; its PID is the handle to stop it."""
     out = subprocess.DEVNULL if quiet else None
     return subprocess.Popen(
-        [sys.executable, "-m", *module_args],
-        env=child_env(),
+        list(argv),
+        env=child_env(env),
         stdout=out,
         stderr=out,
         stdin=subprocess.DEVNULL,
+        preexec_fn=pin(cpus),
     )
 
 
-def start_sim_worker(
-    name: str, port: int, extra: Sequence[str] = (), quiet: bool = True
+def start_python(
+    module_args: Sequence[str], quiet: bool = True, cpus: frozenset[int] | None = None
 ) -> subprocess.Popen[bytes]:
-    return start_python(["router.sim", "--port", str(port), "--name", name, *extra], quiet)
+    """`python -m <module_args>` with this interpreter, as a child process."""
+    return start_process([sys.executable, "-m", *module_args], cpus=cpus, quiet=quiet)
 
 
 def wait_http_ok(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None):

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
-from collections.abc import Iterator
 
-from router.chatload import Turn, run_chat_load
-from router.config import Settings, parse_settings
-from router.launch import free_port, start_sim_worker, stop_process, wait_http_ok
-from router.server import install_fast_loop, running
+from router.tooling.chatload import Turn, run_chat_load
+from router.tooling.fleet import LocalFleet
+from router.tooling.launch import free_port
 
 EXAMPLE = """\
 Try it:
@@ -53,29 +50,6 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=16)  # fmt: skip
 
 
-@contextlib.contextmanager
-def sim_workers(count: int, time_scale: float) -> Iterator[list[str]]:
-    """`count` simulated worker processes on free ports; stopped by PID on exit."""
-    procs = []
-    urls = []
-    try:
-        for i in range(count):
-            port = free_port()
-            procs.append(start_sim_worker(f"sim-{i}", port, ["--time-scale", str(time_scale)]))
-            urls.append(f"http://127.0.0.1:{port}")
-        for proc, url in zip(procs, urls, strict=True):
-            wait_http_ok(url + "/health", proc=proc)
-        yield urls
-    finally:
-        for proc in procs:
-            stop_process(proc)
-
-
-def demo_settings(urls: list[str], port: int) -> Settings:
-    workers = [{"url": url, "name": f"sim-{i}"} for i, url in enumerate(urls)]
-    return parse_settings({"listen": f"127.0.0.1:{port}", "workers": workers}, "demo", env={})
-
-
 def _progress(total: int) -> callable:
     done = {"n": 0}
 
@@ -87,14 +61,12 @@ def _progress(total: int) -> callable:
     return on_turn
 
 
-async def _demo(ns: argparse.Namespace, urls: list[str]) -> int:
-    port = ns.port or free_port()
-    settings = demo_settings(urls, port)
-    url = f"http://127.0.0.1:{port}"
-    async with running(settings, "127.0.0.1", port):
-        print(f"kvrouter demo: router on {url} in front of {len(urls)} simulated workers:")
-        for i, worker_url in enumerate(urls):
-            print(f"  sim-{i}  {worker_url}")
+async def _demo(ns: argparse.Namespace, fleet: LocalFleet) -> int:
+    listen = f"127.0.0.1:{ns.port or free_port()}"
+    async with fleet.router_in_process(listen=listen) as url:
+        print(f"kvrouter demo: router on {url} in front of {len(fleet.workers)} simulated workers:")
+        for worker in fleet.workers:
+            print(f"  {worker.name}  {worker.url}")
         print()
         print(EXAMPLE.format(url=url))
         if not ns.load:
@@ -112,9 +84,11 @@ async def _demo(ns: argparse.Namespace, urls: list[str]) -> int:
 
 
 def run_demo(ns: argparse.Namespace) -> int:
+    from router.server import install_fast_loop
+
     install_fast_loop()
-    with sim_workers(ns.workers, ns.time_scale) as urls:
+    with LocalFleet(ns.workers, ["--time-scale", str(ns.time_scale)]) as fleet:
         try:
-            return asyncio.run(_demo(ns, urls))
+            return asyncio.run(_demo(ns, fleet))
         except KeyboardInterrupt:
             return 0

@@ -6,7 +6,7 @@ protocol: `POST /v1/...` gets a fixed chat completion (with usage, as vLLM sends
 the body says `"stream": true`, an SSE stream of `max_tokens` chunks written one per loop
 iteration as a real token-by-token server would; `GET /health` and `GET /v1/models` answer 200.
 
-Usage: python bench/fast_upstream.py --port P [--name N]
+Usage: python -m router.tooling.bench.fast_upstream --port P [--name N]
 """
 
 from __future__ import annotations

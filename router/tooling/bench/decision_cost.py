@@ -1,6 +1,6 @@
 """Placement decision cost: how long one choice takes with 64 workers, per policy.
 
-    python -m bench.decision_cost [--workers 64] [--decisions 200000]
+    python -m router.tooling.bench.decision_cost [--workers 64] [--decisions 200000]
 
 Times `Balancer.choose` (the pure choice) and `Placement.place` (the choice plus the session's
 pin read from the in-memory store), one call at a time with `perf_counter_ns`, over random

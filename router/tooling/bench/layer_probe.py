@@ -8,8 +8,8 @@
 None of them does routing, retries, header rewriting or metrics, and the lean pieces know only
 Content-Length framing: they bound what each layer costs, they are not proxies to deploy.
 
-  python bench/layer_probe.py              # each variant pinned like the router in the bench
-  python bench/layer_probe.py serve VARIANT --port P --upstream U   # run one variant
+  python -m router.tooling.bench.layer_probe     # each variant pinned like the router in the bench
+  python -m router.tooling.bench.layer_probe serve VARIANT --port P --upstream U   # one variant
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import shutil
 import sys
+from contextlib import ExitStack
 from typing import cast
 
 import aiohttp
@@ -188,30 +190,32 @@ async def serve(variant: str, port: int, upstream: str) -> None:
 
 def run_all(seconds: int, rounds: int) -> None:
     """Each variant pinned like the router in `kvrouter bench`, against the same upstream."""
-    from router import bench
+    from router.tooling.bench.measure import Plan, measure_rate
+    from router.tooling.bench.targets import Cores, Endpoint, launch, start_fast_upstreams
+    from router.tooling.launch import free_port, stop_process, wait_http_ok
 
-    cores = bench.Cores.split()
-    plan = bench.Plan(rounds, seconds, 1, 64, 0, 0, 1.0, 0.0, 0, 0, 0, 0.0)
-    loadgen = "wrk" if bench.shutil.which("wrk") else "python"
+    cores = Cores.split()
+    plan = Plan(rounds, seconds, 1, 64, 0, 0, 1.0, 0.0, 0, 0, 0, 0.0)
+    loadgen = "wrk" if shutil.which("wrk") else "python"
     print(f"{cores.describe()}; load generator: {loadgen}", file=sys.stderr)
     best: dict[str, tuple[float, float]] = {}
-    with bench.processes() as procs:
-        upstream = bench.start_fast_upstreams(procs, cores, count=1)[0]
+    with ExitStack() as stack:
+        upstream = start_fast_upstreams(stack, cores, count=1)[0]
         for variant in VARIANTS:
-            port = bench.free_port()
-            argv = [sys.executable, __file__, "serve", variant, "--port", str(port),
-                    "--upstream", f"127.0.0.1:{upstream.port}"]  # fmt: skip
-            proc = procs.start(argv, cores.proxy)
-            bench.wait_http_ok(f"http://127.0.0.1:{port}/health", proc=proc)
-            target = bench.Endpoint(variant, port, proc.pid)
+            port = free_port()
+            argv = [sys.executable, "-m", "router.tooling.bench.layer_probe", "serve", variant,
+                    "--port", str(port), "--upstream", f"127.0.0.1:{upstream.port}"]  # fmt: skip
+            proc = launch(stack, argv, cores.proxy)
+            wait_http_ok(f"http://127.0.0.1:{port}/health", proc=proc)
+            target = Endpoint(variant, port, proc.pid)
             for _ in range(rounds):
-                result = bench.measure_rate(target, plan, cores, loadgen)
+                result = measure_rate(target, plan, cores, loadgen)
                 rps, cpu = result["rps"], result.get("cpu_us_per_request", float("nan"))
                 print(f"  {variant:14s} {rps:9,.0f} req/s  {cpu:6.0f} us CPU/request",
                       file=sys.stderr)  # fmt: skip
                 old = best.get(variant, (0.0, float("inf")))
                 best[variant] = (max(old[0], rps), min(old[1], cpu))
-            procs.stop(proc)
+            stop_process(proc)
     print(f"{'variant':14s} {'req/s':>9s} {'CPU us/req':>11s}")
     for variant, (rps, cpu) in best.items():
         print(f"{variant:14s} {rps:9,.0f} {cpu:11.0f}")

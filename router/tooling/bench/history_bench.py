@@ -1,6 +1,6 @@
 """History read + prompt rebuild latency, and client egress per turn, printed as tables.
 
-    python -m bench.history_bench [--redis-url redis://127.0.0.1:6379/0 | --own-redis] [--quick]
+    python -m router.tooling.bench.history_bench [--redis-url URL | --own-redis] [--quick]
 
 Latency: one orchestrator turn's store work on the time-to-first-token path, measured for
 sessions of 10, 100 and 1,000 turns stored in a local Redis (and in memory, for reference):
@@ -15,26 +15,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import random
 import statistics
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import redis
 
 from router.config import StoreSettings
-from router.launch import free_port
 from router.orchestrator.history import decode_history, encode_entry, prompt_body
 from router.orchestrator.prune import Budget, build_prompt
 from router.orchestrator.tokenizer import bpe_tokenizer
 from router.store import MemoryStore, SessionStore
 from router.store.redis import RedisStore
+from router.tooling.fleet import RedisServer
 
 WORDS = (
     "the cache router worker session prefix token model reply question answer budget "
@@ -169,31 +165,6 @@ async def main(ns: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def private_redis() -> Iterator[str]:
-    """A redis-server of our own on a free port (no other client's traffic), stopped by PID."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.2)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.RedisError:
-                time.sleep(0.05)
-        client.close()
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(5)
-
-
 def cli() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
@@ -211,9 +182,12 @@ def cli() -> int:
         pass
     if not ns.own_redis:
         return asyncio.run(main(ns))
-    with private_redis() as url:
-        ns.redis_url = url
+    server = RedisServer().start()
+    try:
+        ns.redis_url = server.url
         return asyncio.run(main(ns))
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

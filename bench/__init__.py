@@ -1,1 +1,0 @@
-"""Micro-benchmarks; run from the repository root with `python -m bench.<name>`."""

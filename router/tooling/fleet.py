@@ -1,0 +1,308 @@
+"""A local fleet: simulated worker processes, a Redis of its own if asked, and a router in front.
+
+The one way the demo, the tests, the load tests and the benchmarks assemble one. Every process
+listens on a free loopback port and is stopped by PID; a fleet that fails to start stops what
+it had started before raising.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis
+import yaml
+
+from router.config import Settings, parse_settings
+from router.tooling.launch import (
+    free_port,
+    kill_process,
+    start_process,
+    start_python,
+    stop_process,
+    wait_http_ok,
+)
+
+LOOPBACK = "127.0.0.1"
+
+
+class RedisNotInstalled(RuntimeError):
+    """No `redis-server` on PATH, so a fleet cannot have a Redis of its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    """Simulated GPUs with a realistic timing model and a prefix cache of `cache_tokens`.
+
+    Times are those of a real GPU; `time_scale` runs the clock faster."""
+
+    cache_tokens: int
+    prefill_ms_per_token: float = 0.3
+    decode_ms_per_token: float = 25.0
+    time_scale: float = 0.25
+
+    def flags(self) -> list[str]:
+        return [
+            "--cache-tokens", str(self.cache_tokens),
+            "--prefill-ms-per-token", str(self.prefill_ms_per_token),
+            "--decode-ms-per-token", str(self.decode_ms_per_token),
+            "--time-scale", str(self.time_scale),
+        ]  # fmt: skip
+
+
+class _OwnedProcess:
+    """A child started by `start()`; stop() and kill() reap it and are no-ops once it is gone."""
+
+    proc: subprocess.Popen[bytes] | None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period."""
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None:
+            kill_process(self.proc)
+            self.proc = None
+
+
+@dataclass
+class SimWorker(_OwnedProcess):
+    """One simulated worker process; it can be stopped or killed and started again on its port."""
+
+    name: str
+    port: int
+    extra: tuple[str, ...] = ()
+    cpus: frozenset[int] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to answer."""
+        argv = ["router.sim", "--port", str(self.port), "--name", self.name, *self.extra]
+        self.proc = start_python(argv, cpus=self.cpus)
+
+    def wait(self) -> None:
+        wait_http_ok(self.url + "/health", proc=self.proc)
+
+    def start(self) -> SimWorker:
+        self.launch()
+        self.wait()
+        return self
+
+
+@dataclass
+class RedisServer(_OwnedProcess):
+    """A `redis-server` of our own on a free port (no other client's traffic), by PID."""
+
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RedisNotInstalled("install redis-server (apt-get install redis-server)")
+        argv = [binary, "--port", str(self.port), "--bind", LOOPBACK,
+                "--save", "", "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
+        self.proc = start_process(argv)
+        try:
+            _wait_redis(self.url, self.proc)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+
+def _wait_redis(url: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.RedisError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {proc.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+@dataclass
+class RouterProcess:
+    """`python -m router serve` on a config file written for it; stopped by PID."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(
+        cls,
+        config: Mapping[str, Any],
+        directory: Path,
+        *,
+        ready: str = "/healthz",
+        cpus: frozenset[int] | None = None,
+    ) -> RouterProcess:
+        """Start a router on `config` (which must name `listen`) and wait until `ready`
+        answers: /healthz when it serves, /readyz when it also has a healthy worker."""
+        listen = str(config["listen"])
+        path = directory / f"router-{listen.rpartition(':')[2]}.yaml"
+        path.write_text(yaml.safe_dump(dict(config)))
+        proc = start_python(["router", "serve", "--config", str(path)], cpus=cpus)
+        url = f"http://{listen}"
+        try:
+            wait_http_ok(url + ready, proc=proc)
+        except BaseException:
+            stop_process(proc)
+            raise
+        return cls(url, proc)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rpartition(":")[2])
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def router_config(workers: Iterable[tuple[str, str]], **sections: Any) -> dict[str, Any]:
+    """A router config, as a plain dict, listening on a free loopback port in front of
+    `(name, url)` workers; each of `sections` sets a whole top-level section."""
+    listed = [{"url": url, "name": name} for name, url in workers]
+    return {"listen": f"{LOOPBACK}:{free_port()}", "workers": listed, **sections}
+
+
+@contextlib.asynccontextmanager
+async def router_in_process(settings: Settings) -> AsyncIterator[str]:
+    """The router serving in this event loop for the duration of the block; yields its URL."""
+    from router.server import running
+
+    async with running(settings, settings.host, settings.port):
+        yield f"http://{settings.host}:{settings.port}"
+
+
+class LocalFleet:
+    """`count` simulated workers named sim-0.. started with the same sim flags, optionally a
+    Redis of its own, and router configs for them. A context manager, or start() and stop().
+
+    `router_defaults` are config sections every router of this fleet gets unless overridden.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        extra: Sequence[str] = (),
+        *,
+        own_redis: bool = False,
+        router_defaults: Mapping[str, Any] | None = None,
+        cpus: frozenset[int] | None = None,
+    ) -> None:
+        flags = tuple(extra)
+        self.workers = [SimWorker(f"sim-{i}", free_port(), flags, cpus) for i in range(count)]
+        self.redis = RedisServer() if own_redis else None
+        self._defaults = dict(router_defaults or {})
+
+    @property
+    def names(self) -> list[str]:
+        return [w.name for w in self.workers]
+
+    @property
+    def urls(self) -> list[str]:
+        return [w.url for w in self.workers]
+
+    def by_name(self, name: str) -> SimWorker:
+        return next(w for w in self.workers if w.name == name)
+
+    def start(self) -> LocalFleet:
+        try:
+            if self.redis is not None:
+                self.redis.start()
+            for worker in self.workers:
+                worker.launch()
+            for worker in self.workers:
+                worker.wait()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+    def __enter__(self) -> LocalFleet:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def kill(self, index: int) -> None:
+        self.workers[index].kill()
+
+    def restart(self, index: int) -> None:
+        self.workers[index].stop()
+        self.workers[index].start()
+
+    def reset_caches(self) -> None:
+        """Empty every worker's prefix cache, so each run starts cold."""
+        for url in self.urls:
+            request = urllib.request.Request(url + "/sim/reset-cache", method="POST", data=b"")
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                resp.read()
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        """A router config for these workers on a free port, as a plain dict; each override
+        replaces a whole top-level section."""
+        sections = copy.deepcopy(self._defaults)
+        if self.redis is not None:
+            sections["store"] = {"url": self.redis.url}
+        sections.update(overrides)
+        return router_config(zip(self.names, self.urls, strict=True), **sections)
+
+    def settings(self, **overrides: Any) -> Settings:
+        return parse_settings(self.config(**overrides), "local fleet", env={})
+
+    @contextlib.contextmanager
+    def router_process(self, **overrides: Any) -> Iterator[RouterProcess]:
+        """A router process in front of this fleet for the duration of the block."""
+        with tempfile.TemporaryDirectory(prefix="kvrouter-fleet-") as tmp:
+            router = RouterProcess.start(self.config(**overrides), Path(tmp))
+            try:
+                yield router
+            finally:
+                router.stop()
+
+    def router_in_process(self, **overrides: Any) -> contextlib.AbstractAsyncContextManager[str]:
+        """The router in this event loop in front of this fleet; yields its URL."""
+        return router_in_process(self.settings(**overrides))
