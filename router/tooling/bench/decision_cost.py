@@ -40,17 +40,14 @@ def percentiles(samples: Sequence[int]) -> tuple[float, float, float]:
 
 
 def churn(pool: WorkerPool, rng: random.Random) -> Callable[[Worker], None]:
-    """Keep in-flight counts moving like a loaded router's: each choice adds one request to
-    the chosen worker and one random open request finishes."""
+    """Keep in-flight counts moving like a loaded router's: each choice takes a lease on the
+    chosen worker and one random open lease ends."""
     workers = list(pool)
-    for worker in workers:
-        worker.inflight = rng.randint(4, 24)
+    open_leases = [pool.lease(w) for w in workers for _ in range(rng.randint(4, 24))]
 
     def step(chosen: Worker) -> None:
-        chosen.inflight += 1
-        victim = workers[rng.randrange(len(workers))]
-        if victim.inflight:
-            victim.inflight -= 1
+        open_leases.append(pool.lease(chosen))
+        open_leases.pop(rng.randrange(len(open_leases))).release()
 
     return step
 
