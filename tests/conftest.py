@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from router.config import Settings
 from router.tooling.fleet import LocalFleet, RedisNotInstalled, RedisServer, RouterProcess
 from router.tooling.fleet import router_in_process as _router_in_process
+from router.tooling.launch import free_port
 
 FAST_HEALTH = {"interval": 0.2, "timeout": 0.3, "fall": 2, "rise": 2, "jitter": 0.1}
 
@@ -83,6 +85,24 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     timeout = aiohttp.ClientTimeout(total=30, sock_connect=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         yield session
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """`app` served on a free loopback port for the block; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def healthy(_request: web.Request) -> web.Response:
+    """A health endpoint that always passes."""
+    return web.json_response({"ok": True})
 
 
 def chat_body(text: str = "Hello there", max_tokens: int = 8, **extra: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from aiohttp import web
 from router.config import parse_settings
 from router.http.auth import key_digest
 from router.tooling.launch import free_port
+from tests.conftest import healthy, serving
 
 SERVER = {"x-kvrouter-history": "server"}
 
@@ -53,23 +54,15 @@ def completion(text: str) -> dict[str, Any]:
     return {"object": "chat.completion", "choices": [{"index": 0, "message": message}]}
 
 
-async def healthy(_request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
-
-
 @pytest.fixture
 async def upstream():
     fake = ChatUpstream()
     app = web.Application()
     app.router.add_get("/health", healthy)
     app.router.add_post("/v1/chat/completions", fake.chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    fake.url = f"http://127.0.0.1:{port}"
-    yield fake
-    await runner.cleanup()
+    async with serving(app) as url:
+        fake.url = url
+        yield fake
 
 
 def settings_for(url: str, **overrides: Any):

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from router.config import parse_settings
 from router.tooling.launch import free_port
-from tests.conftest import FAST_HEALTH, SimFleet, chat_body
+from tests.conftest import FAST_HEALTH, SimFleet, chat_body, healthy, serving
 
 ERROR_KEYS = {"message", "type", "code"}
 
@@ -37,18 +37,11 @@ async def echo_upstream():
             headers={"Connection": "keep-alive", "X-Upstream": "yes"},
         )  # fmt: skip
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
     app = web.Application()
-    app.router.add_get("/health", health)
+    app.router.add_get("/health", healthy)
     app.router.add_route("*", "/{tail:.*}", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 def one_worker_settings(url: str, **overrides):

@@ -17,6 +17,7 @@ from router.http.common import ROOT
 from router.root import Router
 from router.server import running
 from router.tooling.launch import free_port
+from tests.conftest import healthy, serving
 
 SERVER = {"x-kvrouter-history": "server"}
 ADMIN = {"Authorization": "Bearer admin-secret-0123456789"}
@@ -46,10 +47,6 @@ class Upstream:
         return web.json_response({"count": 7})
 
 
-async def healthy(_request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
-
-
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     fake = Upstream()
@@ -57,13 +54,9 @@ async def upstream() -> AsyncIterator[Upstream]:
     app.router.add_get("/health", healthy)
     app.router.add_post("/v1/chat/completions", fake.chat)
     app.router.add_post("/tokenize", fake.tokenize)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    fake.url = f"http://127.0.0.1:{port}"
-    yield fake
-    await runner.cleanup()
+    async with serving(app) as url:
+        fake.url = url
+        yield fake
 
 
 @asynccontextmanager
@@ -120,28 +113,19 @@ async def test_a_router_serving_no_orchestrator_request_loads_no_tokenizer(upstr
 
 
 async def test_the_admin_preview_honours_pins_disabled(upstream, http):
-    second = Upstream()
     app = web.Application()
     app.router.add_get("/health", healthy)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    second.url = f"http://127.0.0.1:{port}"
-    try:
-        routing = {"policy": "consistent_hash", "pins": {"enabled": False}}
-        async with router(upstream.url, second.url, routing=routing) as (url, root):
-            home = root.balancer.ring_home("default\x1fchat-9")
-            assert home is not None
-            other = next(w.name for w in root.pool if w is not home)
-            await root.store.set_pin("default", "chat-9", other, 60)  # left by an earlier run
-            async with http.get(url + "/admin/sessions/chat-9", headers=ADMIN) as resp:
-                where = await resp.json()
-            assert resp.status == 200, where
-            assert where["pinned"] is None and where["worker"] == home.name, where
-            assert where["home"] == home.name
-    finally:
-        await runner.cleanup()
+    routing = {"policy": "consistent_hash", "pins": {"enabled": False}}
+    async with serving(app) as second, router(upstream.url, second, routing=routing) as (url, root):
+        home = root.balancer.ring_home("default\x1fchat-9")
+        assert home is not None
+        other = next(w.name for w in root.pool if w is not home)
+        await root.store.set_pin("default", "chat-9", other, 60)  # left by an earlier run
+        async with http.get(url + "/admin/sessions/chat-9", headers=ADMIN) as resp:
+            where = await resp.json()
+        assert resp.status == 200, where
+        assert where["pinned"] is None and where["worker"] == home.name, where
+        assert where["home"] == home.name
 
 
 async def test_new_settings_reach_the_running_router(upstream, http):
