@@ -1,7 +1,7 @@
 """The store interface every implementation passes the same test suite against.
 
 Every key is scoped by tenant: one tenant can never read or change another's session.
-History is kept as opaque encoded entries (see `router.store.history`), appended in arrival
+History is kept as opaque encoded entries (see `router.orchestrator.history`), appended in arrival
 order, each append at most once per operation id, so a retried write never duplicates a turn.
 """
 
