@@ -84,6 +84,17 @@ async def test_cancelled_waiter_leaves_the_queue_and_the_next_one_gets_the_slot(
     assert (slots.running, slots.waiting) == (1, 0)
 
 
+async def test_cancelled_waiters_do_not_pile_up_while_the_slot_is_held():
+    slots = BatchSlots(1)
+    await slots.acquire()
+    for _ in range(3):
+        gone = asyncio.create_task(slots.acquire())
+        await settle()
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+    assert len(slots._waiters) == 0
+
+
 async def test_waiter_cancelled_before_release_reaches_it_is_skipped():
     slots = BatchSlots(1)
     await slots.acquire()
