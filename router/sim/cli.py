@@ -23,6 +23,8 @@ _HELP = {
     "decode_ms_per_token": "decode cost per output token for a lone request",
     "decode_batch_penalty": "decode slowdown per extra running request (fraction)",
     "default_max_tokens": "output tokens when the request sets no max_tokens",
+    "max_running": "requests admitted at once, like vLLM's max_num_seqs; the rest wait "
+    "in arrival order (0: no limit)",
     "time_scale": "multiplies every simulated delay; 0 never sleeps",
     "fail_health": "answer /health with 503",
     "error_rate": "fraction of completion requests answered with --error-status",

@@ -58,10 +58,10 @@ async def _serve(
         engine.counters.errors += 1
         return error_response(faults.error_status, f"injected fault on {engine.opts.name}")
     try:
-        job = engine.admit(completion)
+        admission = engine.admission(completion)
     except InvalidRequest as exc:
         return error_response(400, str(exc), exc.param)
-    try:
+    async with admission as job:
         await engine.prefill(job)
         envelope = Envelope(
             engine.next_response_id(completion.chat),
@@ -73,11 +73,9 @@ async def _serve(
         if completion.stream:
             stream = _Stream(engine, job, envelope, finish, completion.include_usage)
             return await stream.send(request, faults.drop_after_chunks)
-        await engine.decode(len(job.reply.token_ids))
+        await engine.decode(job)
         engine.complete(job)
         return json_bytes_response(envelope.completion(job, finish))
-    finally:
-        engine.release()
 
 
 class _Stream:
@@ -114,7 +112,7 @@ class _Stream:
         """False when the stream must break here."""
         engine, envelope, usage = self._engine, self._envelope, self._include_usage
         for index, piece in enumerate(self._job.reply.pieces):
-            await engine.decode_step()
+            await engine.decode_step(self._job)
             await response.write(envelope.token_chunk(index, piece, usage))
             if index + 1 == drop_after_chunks:
                 return False

@@ -1,15 +1,19 @@
-"""The simulated inference engine: admission, prefix-cache accounting, prefill and decode
-timing, and the counters every endpoint reports. One instance per app."""
+"""The simulated inference engine: admission under the batch limit, prefix-cache and live
+KV-block accounting, prefill and decode timing, and the counters every endpoint reports.
+One instance per app."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from router.sim.batch import BatchSlots
+from router.sim.blocks import BlockHold, LiveBlocks
 from router.sim.cache import PrefixCache, block_hashes
 from router.sim.faults import Faults
 from router.sim.options import SimOptions
@@ -39,13 +43,15 @@ class Counters:
 
 @dataclass(frozen=True)
 class Job:
-    """One admitted request: its prompt, its cache hit and the reply it will produce."""
+    """One admitted request: its prompt, its cache hit, the reply it will produce and the KV
+    blocks it holds while it runs."""
 
     prompt_ids: Sequence[int]
     prompt_hashes: Sequence[int]
     cached_tokens: int
     reply: Reply
     chat: bool
+    blocks: BlockHold
 
     @property
     def prompt_tokens(self) -> int:
@@ -70,12 +76,23 @@ class SimEngine:
         self.cache = PrefixCache(opts.cache_capacity_blocks)
         self.faults: Faults = opts.faults()
         self.counters = Counters()
-        self.running = 0
-        self.waiting = 0
+        self.batch = BatchSlots(opts.max_running)
+        self.live_blocks = LiveBlocks(opts.block_size, opts.cache_capacity_blocks)
+        self.prefill_queued = 0
         self._prefill_lock = asyncio.Lock()
         self._fault_draws = random.Random(opts.seed)
         self._issued = 0
         self.started = int(time.time())
+
+    @property
+    def running(self) -> int:
+        """Admitted requests: queued for prefill, prefilling or decoding (vLLM's running)."""
+        return self.batch.running
+
+    @property
+    def waiting(self) -> int:
+        """Requests held by the batch limit (vLLM's waiting)."""
+        return self.batch.waiting
 
     def next_response_id(self, chat: bool) -> str:
         self._issued += 1
@@ -86,8 +103,11 @@ class SimEngine:
         rate = self.faults.error_rate
         return rate >= 1.0 or (rate > 0.0 and self._fault_draws.random() < rate)
 
-    def admit(self, request: CompletionRequest) -> Job:
-        """Tokenize, look up the prefix cache and count the request as running."""
+    def admission(self, request: CompletionRequest) -> AbstractAsyncContextManager[Job]:
+        """Tokenizes and validates now (InvalidRequest before any wait); entering waits for a
+        batch slot in arrival order, then looks up the prefix cache and holds the request's
+        KV blocks, as vLLM's scheduler does when it admits a request. Leaving gives both
+        back, however the request ended."""
         prompt_ids = tokenize(request.prompt)
         if len(prompt_ids) + request.max_tokens > MAX_MODEL_LEN:
             raise InvalidRequest(
@@ -95,6 +115,23 @@ class SimEngine:
                 f"exceeds the model's context length {MAX_MODEL_LEN}",
                 "max_tokens",
             )
+        return self._admitted(request, prompt_ids)
+
+    @asynccontextmanager
+    async def _admitted(
+        self, request: CompletionRequest, prompt_ids: list[int]
+    ) -> AsyncIterator[Job]:
+        await self.batch.acquire()
+        try:
+            job = self._start(request, prompt_ids)
+            try:
+                yield job
+            finally:
+                job.blocks.release()
+        finally:
+            self.batch.release()
+
+    def _start(self, request: CompletionRequest, prompt_ids: list[int]) -> Job:
         hashes = block_hashes(prompt_ids, self.opts.block_size)
         cached = self.cache.match(hashes) * self.opts.block_size
         reply = generate_reply(
@@ -103,12 +140,8 @@ class SimEngine:
         counters = self.counters
         counters.prompt_tokens += len(prompt_ids)
         counters.cached_tokens += cached
-        self.running += 1
-        return Job(prompt_ids, hashes, cached, reply, request.chat)
-
-    def release(self) -> None:
-        """The admitted request stopped running, however it ended."""
-        self.running -= 1
+        blocks = self.live_blocks.hold(hashes, len(prompt_ids))
+        return Job(prompt_ids, hashes, cached, reply, request.chat, blocks)
 
     async def prefill(self, job: Job) -> None:
         """Wait for the shared prefill resource (FIFO), then compute the uncached tokens."""
@@ -121,20 +154,23 @@ class SimEngine:
             self._prefill_lock.release()
 
     async def _queue_for_prefill(self) -> None:
-        self.waiting += 1
+        self.prefill_queued += 1
         try:
             await self._prefill_lock.acquire()
         finally:
-            self.waiting -= 1
+            self.prefill_queued -= 1
 
-    async def decode(self, tokens: int) -> None:
-        """The delay of `tokens` output tokens, re-reading the batch size at every step."""
-        if self.timing.decode_sleeps:
-            for _ in range(tokens):
-                await self.decode_step()
+    async def decode(self, job: Job) -> None:
+        """The delay of the whole reply, re-reading the batch size at every step."""
+        if not self.timing.decode_sleeps:
+            job.blocks.add_tokens(len(job.reply.token_ids))
+            return
+        for _ in job.reply.token_ids:
+            await self.decode_step(job)
 
-    async def decode_step(self) -> None:
-        """The delay of one output token at the current batch size."""
+    async def decode_step(self, job: Job) -> None:
+        """One output token: its KV slot, then its delay at the current batch size."""
+        job.blocks.add_tokens()
         if self.timing.decode_sleeps:
             await asyncio.sleep(self.timing.decode_step_seconds(self.running))
 
@@ -160,10 +196,13 @@ class SimEngine:
             "generation_tokens": counters.generation_tokens,
             "running": self.running,
             "waiting": self.waiting,
+            "prefill_queued": self.prefill_queued,
+            "max_running": self.batch.limit,
             "cancelled": counters.cancelled,
             "completed": counters.completed,
             "errors": counters.errors,
             "dropped": counters.dropped,
             "cache_blocks": len(self.cache),
             "cache_capacity_blocks": self.cache.capacity,
+            "kv_blocks_in_use": len(self.live_blocks),
         }

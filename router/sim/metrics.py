@@ -1,7 +1,9 @@
 """Prometheus view of one engine, read from its counters at scrape time.
 
 Besides `sim_*` series, the gauges and counters a router typically scrapes from vLLM
-are exposed under vLLM's names, so the simulator can stand in for a real pod.
+are exposed under vLLM's names and meanings, so the simulator can stand in for a real pod:
+running counts admitted requests (queued for prefill too), waiting counts only those held by
+`--max-running`, and KV-cache usage counts blocks live requests hold (see `LiveBlocks`).
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ class EngineCollector(Collector):
         engine = self._engine
         return [
             ("sim_running_requests", "Requests admitted and not finished", engine.running),
-            ("sim_waiting_requests", "Requests queued for prefill", engine.waiting),
+            ("sim_waiting_requests", "Requests held by the batch limit", engine.waiting),
+            ("sim_prefill_queued_requests", "Requests queued for prefill", engine.prefill_queued),
             ("sim_cache_blocks_used", "KV blocks resident in the cache", len(engine.cache)),
+            ("sim_kv_blocks_in_use", "KV blocks held by running requests", len(engine.live_blocks)),
             ("sim_cache_capacity_blocks", "KV blocks the cache can hold", engine.cache.capacity),
         ]
 
@@ -64,10 +68,9 @@ class EngineCollector(Collector):
 
     def _vllm_gauges(self) -> list[_Series]:
         engine = self._engine
-        capacity = engine.cache.capacity
-        usage = len(engine.cache) / capacity if capacity else 0.0
+        usage = engine.live_blocks.usage
         return [
-            ("vllm:num_requests_running", "Requests in the batch", engine.running - engine.waiting),
+            ("vllm:num_requests_running", "Requests in the batch", engine.running),
             ("vllm:num_requests_waiting", "Requests waiting to be scheduled", engine.waiting),
             ("vllm:kv_cache_usage_perc", "KV-cache usage, 1 means 100 percent", usage),
             ("vllm:gpu_cache_usage_perc", "KV-cache usage, 1 means 100 percent", usage),

@@ -19,6 +19,7 @@ class SimOptions:
     decode_ms_per_token: float = 15.0
     decode_batch_penalty: float = 0.02
     default_max_tokens: int = 32
+    max_running: int = 0
     time_scale: float = 1.0
     fail_health: bool = False
     error_rate: float = 0.0
@@ -35,6 +36,7 @@ class SimOptions:
             "decode_ms_per_token must be >= 0": self.decode_ms_per_token >= 0,
             "decode_batch_penalty must be >= 0": self.decode_batch_penalty >= 0,
             "default_max_tokens must be >= 1": self.default_max_tokens >= 1,
+            "max_running must be >= 0": self.max_running >= 0,
             "time_scale must be >= 0": self.time_scale >= 0,
         }
         failed = [message for message, ok in checks.items() if not ok]

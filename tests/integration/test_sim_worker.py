@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -336,6 +337,56 @@ async def test_metrics_and_stats_count_requests_and_cached_tokens(start_sim, cli
     assert 'sim_requests_total{worker="w1"} 2.0' in text
     assert "sim_cached_prompt_tokens_total" in text
     assert "sim_cache_blocks_used" in text
+
+
+async def vllm_gauges(client: aiohttp.ClientSession, base: str) -> tuple[float, float, float]:
+    """Running, waiting and KV-cache usage as a router scraping vLLM would read them."""
+    async with client.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return (
+        values["vllm:num_requests_running"],
+        values["vllm:num_requests_waiting"],
+        values["vllm:kv_cache_usage_perc"],
+    )
+
+
+async def test_batch_limit_queues_requests_in_order_and_metrics_show_it(start_sim, client):
+    base = start_sim("--max-running", "2", "--decode-ms-per-token", "25")
+    start = time.monotonic()
+
+    async def stream(i: int) -> tuple[float, float]:
+        """Seconds from the start to this request's first token and to its end."""
+        question = {"role": "user", "content": f"Question {i}: why pin a session?"}
+        body = {"messages": [SYSTEM, question], "max_tokens": 40, "stream": True}
+        first_token = None
+        async with client.post(f"{base}/v1/chat/completions", json=body) as resp:
+            async for line in resp.content:
+                if first_token is None and line.startswith(b"data: "):
+                    first_token = time.monotonic() - start
+        assert first_token is not None
+        return first_token, time.monotonic() - start
+
+    tasks = []
+    for i in range(6):
+        tasks.append(asyncio.create_task(stream(i)))
+        await asyncio.sleep(0.03)
+    await wait_for_stat(client, base, "waiting", 4)
+    running, waiting, usage = await vllm_gauges(client, base)
+    assert (running, waiting) == (2, 4)
+    assert usage > 0.0
+    times = await asyncio.gather(*tasks)
+    await wait_for_stat(client, base, "running", 0)
+    assert await vllm_gauges(client, base) == (0.0, 0.0, 0.0)
+    ttft = [first for first, _ in times]
+    first_total = max(total for _, total in times[:2])
+    assert max(ttft[:2]) < min(ttft[2:4]) < min(ttft[4:])
+    assert min(ttft[2:4]) >= 0.9 * min(total for _, total in times[:2])
+    assert min(ttft[4:]) >= first_total
 
 
 async def test_reset_cache_forgets_every_block(start_sim, client):

@@ -23,7 +23,8 @@ def test_every_field_has_a_dashed_flag():
     ns = parse(
         "--name", "w3", "--model", "m", "--block-size", "8", "--cache-tokens", "64",
         "--prefill-ms-per-token", "0.2", "--decode-ms-per-token", "5",
-        "--decode-batch-penalty", "0.1", "--default-max-tokens", "4", "--time-scale", "0",
+        "--decode-batch-penalty", "0.1", "--default-max-tokens", "4", "--max-running", "3",
+        "--time-scale", "0",
         "--fail-health", "--error-rate", "0.5", "--error-status", "503",
         "--stall-seconds", "1.5", "--drop-after-chunks", "2", "--seed", "9",
         "--port", "9001", "--host", "0.0.0.0",
@@ -32,7 +33,7 @@ def test_every_field_has_a_dashed_flag():
     assert opts == SimOptions(
         name="w3", model="m", block_size=8, cache_tokens=64, prefill_ms_per_token=0.2,
         decode_ms_per_token=5.0, decode_batch_penalty=0.1, default_max_tokens=4,
-        time_scale=0.0, fail_health=True, error_rate=0.5, error_status=503,
+        max_running=3, time_scale=0.0, fail_health=True, error_rate=0.5, error_status=503,
         stall_seconds=1.5, drop_after_chunks=2, seed=9,
     )  # fmt: skip
     assert (ns.host, ns.port) == ("0.0.0.0", 9001)
@@ -49,6 +50,7 @@ def test_every_field_has_a_dashed_flag():
         {"error_status": 200},
         {"default_max_tokens": 0},
         {"drop_after_chunks": -2},
+        {"max_running": -1},
     ],
 )
 def test_out_of_range_options_are_rejected(bad):
