@@ -304,6 +304,7 @@ async def test_closing_mid_body_then_releasing_gives_the_slot_back_once(client):
         async for _ in response.chunks(idle=2.0):
             break
         response.close()
+        assert counts(client, server.url) == (0, 0)
         response.release()  # what the proxy's `finally` does after a close
         assert counts(client, server.url) == (0, 0)
         await asyncio.wait_for(server.closed.wait(), 2.0)

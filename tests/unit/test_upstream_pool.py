@@ -170,11 +170,16 @@ async def test_a_waiter_cancelled_while_queued_keeps_the_others_in_order():
 
 async def test_closed_idle_connections_do_not_count_toward_max_idle():
     pool = new_pool(max_idle=1)
-    gone, _ = await pooled(pool)
-    gone.connection_lost(None)
-    kept, transport = await pooled(pool)
-    assert not transport.aborted and kept.state is IDLE
-    assert pool.idle_count() == 1
+    leases = [await pool.lease() for _ in range(2)]
+    for lease in leases:
+        lease.connection, _ = connected()
+        await answered(lease.connection, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    gone, kept = leases[0].connection, leases[1].connection
+    assert gone is not None and kept is not None
+    leases[0].release(True)
+    gone.connection_lost(None)  # the worker closed it while it sat idle
+    leases[1].release(True)
+    assert kept.state is IDLE and pool.idle_count() == 1
 
 
 async def test_a_body_released_unread_does_not_leave_the_connection_paused():
