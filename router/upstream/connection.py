@@ -39,7 +39,10 @@ CLOSED = ConnectionState.CLOSED
 
 class Connection(asyncio.Protocol):
     """An asyncio protocol carrying one exchange at a time: `exchange()` for the head, then
-    `take()` / `wait_body()` for the body, then `reset()` to reuse it or `abort()` to drop it."""
+    `take()` / `wait_body()` for the body, then `reset()` to reuse it or `abort()` to drop it.
+
+    `reusable` is True only while a response has ended cleanly and the worker keeps the
+    connection open; it turns False when the connection closes or the next exchange starts."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -57,7 +60,7 @@ class Connection(asyncio.Protocol):
         self._framed = True
         self._head_only = False
         self.complete = False
-        self.keep_alive = False
+        self.reusable = False
         self.error: UpstreamFailure | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -77,6 +80,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
+        self.reusable = False
         head = self._head
         if head is None:
             return
@@ -89,7 +93,6 @@ class Connection(asyncio.Protocol):
                 self.complete = True  # a body delimited by the connection's end
             elif self.error is None:
                 self.error = BodyBroken(f"connection lost mid-body{f': {exc}' if exc else ''}")
-            self.keep_alive = False
             self._wake()
 
     # -- httptools callbacks ---------------------------------------------------------------
@@ -112,7 +115,6 @@ class Connection(asyncio.Protocol):
             head.set_result(headers)
         if self._head_only:
             self.complete = True
-            self.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         if self.complete:
@@ -128,7 +130,9 @@ class Connection(asyncio.Protocol):
         if self._parser.get_status_code() < 200:
             return
         self.complete = True
-        self.keep_alive = self._parser.should_keep_alive() and not self._head_only
+        self.reusable = (
+            self.state is ACTIVE and self._parser.should_keep_alive() and not self._head_only
+        )
         self._wake()
 
     # -- one exchange ----------------------------------------------------------------------
@@ -148,11 +152,6 @@ class Connection(asyncio.Protocol):
         except BaseException:
             self.abort()
             raise
-
-    @property
-    def reusable(self) -> bool:
-        """Whether the exchange ended cleanly and the worker keeps the connection open."""
-        return self.complete and self.keep_alive and self.error is None and self.state is ACTIVE
 
     def take(self) -> list[bytes]:
         """The body chunks that arrived since the last call; raises the body's error if any."""
@@ -192,10 +191,11 @@ class Connection(asyncio.Protocol):
         self._body.clear()
         self._buffered = 0
         self.complete = False
-        self.keep_alive = False
+        self.reusable = False
 
     def abort(self) -> None:
         """Close now (the worker sees a reset); any later call is a no-op."""
+        self.reusable = False
         if self.state is not CLOSED:
             self.state = CLOSED
             if self.transport is not None:
@@ -207,7 +207,7 @@ class Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def _fail(self, error: UpstreamFailure) -> None:
-        self.keep_alive = False
+        self.reusable = False
         head = self._head
         if head is not None and not head.done():
             head.set_exception(error)
