@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 from multidict import CIMultiDict
 
-from router.upstream import (
+from router.proxy.upstream import (
     HIGH_WATER,
     BodyBroken,
     ClosedBeforeHead,

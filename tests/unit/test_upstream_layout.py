@@ -6,8 +6,8 @@ import ast
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
-PACKAGE = "router.upstream"
-SOURCE = Path(__file__).resolve().parents[2] / "router" / "upstream"
+PACKAGE = "router.proxy.upstream"
+SOURCE = Path(__file__).resolve().parents[2] / "router" / "proxy" / "upstream"
 
 
 def imports_of(module: str) -> set[str]:

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from router.upstream.connection import ACTIVE, CLOSED, HIGH_WATER, IDLE, Connection
-from router.upstream.pool import IDLE_KEEPALIVE, OriginPool
-from router.upstream.request import Origin
+from router.proxy.upstream.connection import ACTIVE, CLOSED, HIGH_WATER, IDLE, Connection
+from router.proxy.upstream.pool import IDLE_KEEPALIVE, OriginPool
+from router.proxy.upstream.request import Origin
 
 ORIGIN = Origin("127.0.0.1", 8000, False, "127.0.0.1:8000")
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"

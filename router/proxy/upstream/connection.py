@@ -16,8 +16,13 @@ import time
 import httptools
 from multidict import CIMultiDict
 
-from router.upstream.errors import BodyBroken, ClosedBeforeHead, ProtocolError, UpstreamFailure
-from router.upstream.request import WIRE_TEXT
+from router.proxy.upstream.errors import (
+    BodyBroken,
+    ClosedBeforeHead,
+    ProtocolError,
+    UpstreamFailure,
+)
+from router.proxy.upstream.request import WIRE_TEXT
 
 HIGH_WATER = 256 * 1024
 

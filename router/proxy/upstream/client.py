@@ -11,11 +11,11 @@ import ssl
 
 from multidict import CIMultiDict
 
-from router.upstream.connection import Connection
-from router.upstream.errors import ClosedBeforeHead, ConnectFailed
-from router.upstream.exchange import Response
-from router.upstream.pool import OriginPool
-from router.upstream.request import Origin, encode_request
+from router.proxy.upstream.connection import Connection
+from router.proxy.upstream.errors import ClosedBeforeHead, ConnectFailed
+from router.proxy.upstream.exchange import Response
+from router.proxy.upstream.pool import OriginPool
+from router.proxy.upstream.request import Origin, encode_request
 
 
 class UpstreamClient:

@@ -21,18 +21,18 @@ One job per module, each importing only the ones listed before it:
   client      `UpstreamClient`: a pool per worker, connecting, the stale-connection retry
 """
 
-from router.upstream.client import UpstreamClient
-from router.upstream.connection import HIGH_WATER
-from router.upstream.errors import (
+from router.proxy.upstream.client import UpstreamClient
+from router.proxy.upstream.connection import HIGH_WATER
+from router.proxy.upstream.errors import (
     BodyBroken,
     ClosedBeforeHead,
     ConnectFailed,
     ProtocolError,
     UpstreamFailure,
 )
-from router.upstream.exchange import Response
-from router.upstream.pool import IDLE_KEEPALIVE
-from router.upstream.request import Origin, encode_request
+from router.proxy.upstream.exchange import Response
+from router.proxy.upstream.pool import IDLE_KEEPALIVE
+from router.proxy.upstream.request import Origin, encode_request
 
 __all__ = [
     "HIGH_WATER",

@@ -12,8 +12,8 @@ import asyncio
 import collections
 import time
 
-from router.upstream.connection import IDLE, Connection
-from router.upstream.request import Origin
+from router.proxy.upstream.connection import IDLE, Connection
+from router.proxy.upstream.request import Origin
 
 IDLE_KEEPALIVE = 30.0
 """Seconds an idle connection is trusted to still be open at the worker's end."""

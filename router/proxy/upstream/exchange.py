@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from multidict import CIMultiDict
 
-from router.upstream.pool import ConnectionLease
+from router.proxy.upstream.pool import ConnectionLease
 
 
 class Response:
