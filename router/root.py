@@ -29,8 +29,8 @@ from router.placement.session import KeyExtractor
 from router.proxy.forward import Forwarder
 from router.proxy.outcomes import Outcomes
 from router.proxy.relay import Relay
+from router.proxy.upstream import UpstreamClient
 from router.store import SessionStore, make_store
-from router.upstream import UpstreamClient
 
 log = logging.getLogger("kvrouter")
 
@@ -39,7 +39,8 @@ SHUTDOWN_WRITE_GRACE = 5.0
 
 def client_session(settings: Settings) -> aiohttp.ClientSession:
     """The router's one general HTTP client (health probes, model listing, summaries and
-    `/tokenize`; proxied traffic goes through `router.upstream`): keep-alive, no cookie jar."""
+    `/tokenize`; proxied traffic goes through `router.proxy.upstream`): keep-alive, no
+    cookie jar."""
     connector = aiohttp.TCPConnector(
         limit=0,
         limit_per_host=settings.limits.max_connections_per_worker,

@@ -25,7 +25,7 @@ from router.placement.place import Decision, Placement
 from router.placement.session import RoutingKey
 from router.proxy.outcomes import Failure, Outcomes, bad_status, before_head
 from router.proxy.relay import Relay, ResponseObserver
-from router.upstream import (
+from router.proxy.upstream import (
     ClosedBeforeHead,
     ConnectFailed,
     ProtocolError,

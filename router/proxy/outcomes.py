@@ -16,7 +16,7 @@ from router.errors import UpstreamError, UpstreamTimeout
 from router.fleet.passive import PassiveHealth
 from router.fleet.workers import Worker
 from router.metrics import Metrics
-from router.upstream import BodyBroken, ClosedBeforeHead, ConnectFailed, ProtocolError
+from router.proxy.upstream import BodyBroken, ClosedBeforeHead, ConnectFailed, ProtocolError
 
 
 class Stage(enum.StrEnum):

@@ -24,8 +24,8 @@ from router.metrics import Children, Metrics
 from router.placement.policies import Decision
 from router.proxy.headers import REHOMED_HEADER, ROUTE_HEADER, WORKER_HEADER, strip_hop_by_hop
 from router.proxy.outcomes import Failure, Outcomes, body_failure
+from router.proxy.upstream import BodyBroken, Response
 from router.proxy.usage import UsageSniffer, usage_from_json
-from router.upstream import BodyBroken, Response
 
 log = logging.getLogger("kvrouter.proxy")
 

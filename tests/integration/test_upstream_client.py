@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 import pytest
 from multidict import CIMultiDict
 
-from router.upstream import (
+from router.proxy.upstream import (
     HIGH_WATER,
     BodyBroken,
+    ClosedBeforeHead,
     ConnectFailed,
     ProtocolError,
     UpstreamClient,
@@ -270,7 +271,117 @@ async def test_connections_per_worker_are_capped(client):
     try:
         async with scripted(slow) as server:
             bodies = await asyncio.gather(*(one(server.url) for _ in range(8)))
+            assert capped.active_connections() == {server.url: 0}
     finally:
         await capped.close()
     assert bodies == [b"done"] * 8
     assert server.peak_open == 2 and server.connections == 2
+
+
+def counts(client: UpstreamClient, url: str) -> tuple[int, int]:
+    """(exchanges in progress, idle connections) for the worker at `url`."""
+    return client.active_connections()[url], client.idle_connections()[url]
+
+
+async def test_a_clean_exchange_gives_its_slot_and_connection_back(client):
+    async with scripted(keep_alive_echo) as server:
+        response = await client.request(server.url, "GET", "/", CIMultiDict(), b"")
+        assert counts(client, server.url) == (1, 0)
+        await response.read()
+        response.release()
+        assert counts(client, server.url) == (0, 1)
+
+
+async def test_closing_mid_body_then_releasing_gives_the_slot_back_once(client):
+    async def partial(reader, writer, server):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with scripted(partial) as server:
+        response = await client.request(server.url, "GET", "/", CIMultiDict(), b"")
+        async for _ in response.chunks(idle=2.0):
+            break
+        response.close()
+        assert counts(client, server.url) == (0, 0)
+        response.release()  # what the proxy's `finally` does after a close
+        assert counts(client, server.url) == (0, 0)
+        await asyncio.wait_for(server.closed.wait(), 2.0)
+
+
+async def test_a_body_broken_by_the_worker_gives_the_slot_back_and_keeps_nothing(client):
+    short = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", hold_open=False)
+    async with scripted(short) as server:
+        response = await client.request(server.url, "GET", "/", CIMultiDict(), b"")
+        with pytest.raises(BodyBroken):
+            await response.read()
+        response.release()
+        assert counts(client, server.url) == (0, 0)
+
+
+async def test_a_cancelled_wait_for_the_head_gives_the_slot_back(client):
+    async def silent(reader, writer, server):
+        await read_request(reader)
+        await reader.read()
+
+    async with scripted(silent) as server:
+        waiting = asyncio.ensure_future(
+            client.request(server.url, "POST", "/", CIMultiDict(), b"x")
+        )
+        await asyncio.sleep(0.1)
+        assert counts(client, server.url) == (1, 0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert counts(client, server.url) == (0, 0)
+        await asyncio.wait_for(server.closed.wait(), 2.0)
+
+
+async def test_releasing_twice_leaves_the_pooled_connection_in_service(client):
+    async with scripted(keep_alive_echo) as server:
+        first = await client.request(server.url, "GET", "/", CIMultiDict(), b"")
+        await first.read()
+        first.release()
+        first.release()
+        second = await client.request(server.url, "GET", "/", CIMultiDict(), b"")
+        first.close()
+        assert await second.read() == b"pong 2"
+        second.release()
+        assert counts(client, server.url) == (0, 1)
+    assert server.connections == 1
+
+
+async def test_a_pooled_connection_closed_under_the_request_is_retried_once_on_a_fresh_one(
+    client,
+):
+    async def first_connection_drops_its_second_request(reader, writer, server):
+        number = server.connections
+        await read_request(reader)
+        writer.write(ok(b"answer %d" % number))
+        await writer.drain()
+        if number == 1:
+            await read_request(reader)  # as if the worker's idle timeout beat the request
+            return
+        await reader.read()
+
+    async with scripted(first_connection_drops_its_second_request) as server:
+        first = await client.request(server.url, "GET", "/", CIMultiDict(), b"")
+        assert await first.read() == b"answer 1"
+        first.release()
+        second = await client.request(server.url, "GET", "/", CIMultiDict(), b"")
+        assert await second.read() == b"answer 2"
+        second.release()
+        assert counts(client, server.url) == (0, 1)
+    assert server.connections == 2
+
+
+async def test_a_fresh_connection_closed_before_the_head_is_not_retried(client):
+    async def drops(reader, writer, server):
+        await read_request(reader)
+
+    async with scripted(drops) as server:
+        with pytest.raises(ClosedBeforeHead):
+            await client.request(server.url, "GET", "/", CIMultiDict(), b"")
+        assert counts(client, server.url) == (0, 0)
+    assert server.connections == 1

@@ -19,7 +19,7 @@ from router.placement.session import RoutingKey
 from router.proxy.forward import Forwarder, Outgoing
 from router.proxy.outcomes import Outcomes
 from router.proxy.relay import Relay
-from router.upstream import ClosedBeforeHead, ConnectFailed, ProtocolError
+from router.proxy.upstream import ClosedBeforeHead, ConnectFailed, ProtocolError
 
 NAMES = ("w0", "w1", "w2", "w3")
 
