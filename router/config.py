@@ -38,6 +38,10 @@ def _check_listen(value: str) -> str:
 
 ListenAddress = Annotated[str, AfterValidator(_check_listen)]
 
+EngineName = Literal["vllm", "sglang", "tgi", "llamacpp", "custom"]
+LoadField = Literal["running", "waiting", "kv_usage"]
+MetricName = Annotated[str, Field(pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")]
+
 
 class WorkerSettings(BaseModel):
     """One upstream inference server."""
@@ -46,6 +50,7 @@ class WorkerSettings(BaseModel):
     url: str
     name: str | None = None
     weight: float = Field(default=1.0, gt=0, le=100)
+    engine: EngineName | None = Field(default=None, description="unset: the top-level engine")
 
     @field_validator("url")
     @classmethod
@@ -337,6 +342,12 @@ class Settings(BaseModel):
     store: StoreSettings = StoreSettings()
     history: HistorySettings = HistorySettings()
     auth: AuthSettings = AuthSettings()
+    engine: EngineName = Field(
+        default="vllm", description="what the workers run, for reading their load from /metrics"
+    )
+    custom_metrics: dict[LoadField, MetricName] = Field(
+        default_factory=dict, description="engine custom: the gauge family for each load field"
+    )
 
     @model_validator(mode="after")
     def _unique_worker_names(self) -> Settings:
@@ -345,6 +356,28 @@ class Settings(BaseModel):
         if dupes:
             raise ValueError(f"workers: duplicate worker names {dupes}; give each a unique name")
         return self
+
+    @model_validator(mode="after")
+    def _custom_engine_has_metrics(self) -> Settings:
+        if self.custom_metrics.get("running") or self.custom_metrics.get("waiting"):
+            return self
+        users = [
+            f"workers.{i} ({w.display_name})"
+            for i, w in enumerate(self.workers)
+            if w.engine == "custom"
+        ]
+        if self.engine == "custom" and any(w.engine is None for w in self.workers):
+            users.insert(0, "engine")
+        if users:
+            raise ValueError(
+                f"{', '.join(users)}: engine custom needs custom_metrics naming the family "
+                "for running or waiting (or both)"
+            )
+        return self
+
+    def engine_of(self, worker: WorkerSettings) -> EngineName:
+        """The engine `worker` runs: its own `engine`, else the top-level one."""
+        return worker.engine or self.engine
 
     @property
     def host(self) -> str:

@@ -104,3 +104,51 @@ def test_store_history_and_auth_sections_are_validated_by_key():
             assert named in str(err), (named, str(err))
         else:
             raise AssertionError(f"{extra} was accepted")
+
+
+def test_engine_defaults_to_vllm_and_a_worker_can_override_it():
+    raw = {"workers": [{"url": "http://a:1", "name": "a"}, {"url": "http://b:1", "engine": "tgi"}]}
+    settings = parse_settings(raw, env={})
+    assert settings.engine == "vllm" and settings.custom_metrics == {}
+    assert [settings.engine_of(w) for w in settings.workers] == ["vllm", "tgi"]
+    settings = parse_settings({**raw, "engine": "sglang"}, env={})
+    assert [settings.engine_of(w) for w in settings.workers] == ["sglang", "tgi"]
+
+
+def test_example_router_yaml_documents_engine_and_custom_metrics():
+    text = (ROOT / "router.yaml").read_text()
+    assert "\nengine: vllm\n" in text and "\ncustom_metrics: {}\n" in text
+    assert "#   custom_metrics: {running:" in text
+
+
+def test_unknown_engine_is_rejected_naming_the_key():
+    with pytest.raises(ConfigError, match=r"workers\.0\.engine: Input should be 'vllm'"):
+        parse_settings({"workers": [{"url": "http://a:1", "engine": "ollama"}]})
+    with pytest.raises(ConfigError, match=r"\n  engine: Input should be 'vllm'"):
+        parse_settings({**ONE_WORKER, "engine": "ollama"})
+
+
+def test_custom_engine_needs_custom_metrics_naming_running_or_waiting():
+    workers = [{"url": "http://a:1", "name": "a"}, {"url": "http://b:1", "name": "b"}]
+    custom_b = [workers[0], {**workers[1], "engine": "custom"}]
+    with pytest.raises(ConfigError, match=r"workers\.1 \(b\): engine custom needs custom_metrics"):
+        parse_settings({"workers": custom_b})
+    with pytest.raises(ConfigError, match=r"error, engine: engine custom needs custom_metrics"):
+        parse_settings({"workers": workers, "engine": "custom"})
+    with pytest.raises(ConfigError, match="running or waiting"):
+        parse_settings({"workers": custom_b, "custom_metrics": {"kv_usage": "my_kv"}})
+    ok = parse_settings({"workers": custom_b, "custom_metrics": {"waiting": "my_queue"}})
+    assert ok.engine_of(ok.workers[1]) == "custom" and ok.custom_metrics == {"waiting": "my_queue"}
+
+
+def test_top_level_custom_engine_needs_no_metrics_when_every_worker_overrides_it():
+    workers = [{"url": "http://a:1", "engine": "vllm"}]
+    settings = parse_settings({"workers": workers, "engine": "custom"})
+    assert settings.engine_of(settings.workers[0]) == "vllm"
+
+
+def test_custom_metrics_keys_and_names_are_validated_naming_the_key():
+    with pytest.raises(ConfigError, match=r"custom_metrics\.latency\.\[key\]: Input should be"):
+        parse_settings({**ONE_WORKER, "custom_metrics": {"running": "a", "latency": "b"}})
+    with pytest.raises(ConfigError, match=r"custom_metrics\.running: String should match"):
+        parse_settings({**ONE_WORKER, "custom_metrics": {"running": "not a metric"}})
