@@ -133,7 +133,15 @@ class HealthSettings(BaseModel):
         return value
 
 
-PolicyName = Literal["consistent_hash", "bounded_load", "least_inflight", "round_robin", "random"]
+PolicyName = Literal[
+    "cost_aware",
+    "consistent_hash",
+    "bounded_load",
+    "least_loaded",
+    "least_inflight",
+    "round_robin",
+    "random",
+]
 
 
 class PinSettings(BaseModel):
@@ -172,13 +180,38 @@ class DegradedSettings(BaseModel):
     action: Literal["spread", "refuse"] = "spread"
 
 
+class SaturationSettings(BaseModel):
+    """When a worker counts as saturated: requests wait in its queue, or its KV cache is nearly
+    full, for at least `hold` seconds; once it leaves saturation it is not saturated again
+    within `hold`. Without fresh worker metrics: above both bounded_load's cap and `floor`."""
+
+    model_config = _STRICT
+    kv_usage: float = Field(default=0.95, gt=0, le=1.0)
+    hold: float = Field(default=0.5, ge=0, le=60)
+    floor: int = Field(
+        default=8, ge=0, le=100_000,
+        description="never spill by in-flight count below this many requests per worker",
+    )  # fmt: skip
+
+
+class CostSettings(BaseModel):
+    """What a move costs: the session's prompt, estimated from the request body's size, is
+    recomputed elsewhere at the target's prefill rate. Unset: the engine's default."""
+
+    model_config = _STRICT
+    bytes_per_token: float | None = Field(default=None, gt=0, le=1000)
+    prefill_tokens_per_second: float | None = Field(default=None, gt=0)
+
+
 class RoutingSettings(BaseModel):
     model_config = _STRICT
-    policy: PolicyName = "bounded_load"
+    policy: PolicyName = "cost_aware"
     vnodes: int = Field(default=160, ge=1, le=10_000)
     load_factor: float = Field(
         default=1.25, ge=1.0, le=10.0, description="bounded_load: cap = ceil(c x mean in-flight)"
     )
+    saturation: SaturationSettings = SaturationSettings()
+    cost: CostSettings = CostSettings()
     pins: PinSettings = PinSettings()
     prefix: PrefixAffinitySettings = PrefixAffinitySettings()
     slow_start: SlowStartSettings = SlowStartSettings()
@@ -208,6 +241,28 @@ class TimeoutSettings(BaseModel):
     idle: PositiveSeconds = 60.0
     total: PositiveSeconds = 900.0
     probe: PositiveSeconds = 2.0
+
+
+class LoadSettings(BaseModel):
+    """The load monitor: each worker's own queue and KV-cache figures, scraped from its
+    metrics endpoint. A failing scrape never marks a worker unhealthy."""
+
+    model_config = _STRICT
+    enabled: bool = True
+    path: str = "/metrics"
+    interval: PositiveSeconds = 1.0
+    jitter: float = Field(default=0.1, ge=0, lt=1)
+    timeout: PositiveSeconds = 0.5
+    stale_after: PositiveSeconds = Field(
+        default=3.0, description="older figures are ignored: the router's own count decides"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
 
 
 class LimitSettings(BaseModel):
@@ -339,6 +394,7 @@ class Settings(BaseModel):
     metrics: MetricsSettings = MetricsSettings()
     admin: AdminSettings = AdminSettings()
     shutdown_grace: PositiveSeconds = 30.0
+    load: LoadSettings = LoadSettings()
     store: StoreSettings = StoreSettings()
     history: HistorySettings = HistorySettings()
     auth: AuthSettings = AuthSettings()

@@ -176,9 +176,38 @@ class Metrics:
         self.rehomed = Counter(
             f"{p}_rehomed_total",
             "Requests placed away from the worker holding their cache, by reason (dead, "
-            "ejected, draining, overloaded, retry, slow_start, return_home): each one "
+            "ejected, draining, overloaded, saturated, retry, slow_start, return_home): each one "
             "recomputes its prompt.",
             ["reason"], registry=r,
+        )  # fmt: skip
+        self.load_scrape_cpu_seconds = Counter(
+            f"{p}_load_scrape_cpu_seconds_total",
+            "CPU time spent parsing each worker's metrics for its load (router.fleet.load).",
+            ["worker"], registry=r,
+        )  # fmt: skip
+        self.load_scrape_failures = Counter(
+            f"{p}_load_scrape_failures_total",
+            "Load scrapes that failed or could not be parsed; the worker's health is unchanged.",
+            ["worker"], registry=r,
+        )  # fmt: skip
+        self.worker_load_fresh = Gauge(
+            f"{p}_worker_load_fresh",
+            "1 when placement uses the worker's own load figures, 0 when they are stale and "
+            "the router's own in-flight count stands in.",
+            ["worker"], registry=r,
+        )  # fmt: skip
+        self.worker_running = Gauge(
+            f"{p}_worker_running", "Requests running at the worker, as its last scrape said.",
+            ["worker"], registry=r,
+        )  # fmt: skip
+        self.worker_waiting = Gauge(
+            f"{p}_worker_waiting", "Requests waiting at the worker, as its last scrape said.",
+            ["worker"], registry=r,
+        )  # fmt: skip
+        self.worker_kv_usage = Gauge(
+            f"{p}_worker_kv_usage",
+            "KV-cache usage (0 to 1) at the worker, as its last scrape said.",
+            ["worker"], registry=r,
         )  # fmt: skip
         self.pin_operations = Counter(
             f"{p}_pin_operations_total",

@@ -14,9 +14,11 @@ import logging
 import aiohttp
 
 from router.config import Settings
+from router.fleet.engines import MetricNames, metric_names
 from router.fleet.health import HealthChecker
+from router.fleet.load import LoadMonitor, Loads
 from router.fleet.passive import FailureCounts, PassiveHealth
-from router.fleet.workers import WorkerPool
+from router.fleet.workers import Worker, WorkerPool
 from router.http.auth import Authenticator
 from router.metrics import Metrics
 from router.orchestrator.persist import Persister
@@ -65,13 +67,14 @@ class Router:
         self.settings = settings
         self.stopping = False
         self.metrics = metrics = Metrics(settings.metrics.prefix)
-        self.pool = pool = WorkerPool.from_settings(settings.workers)
+        self.pool = pool = WorkerPool.from_settings(settings.workers, settings.engine)
         self.failures = FailureCounts()
         self.passive = PassiveHealth(
             pool, settings.health.passive, metrics, failures=self.failures
         )
         self.store: SessionStore = make_store(settings.store)
-        self.balancer = Balancer(pool, settings.routing)
+        self.loads = Loads(settings.load, settings.routing.saturation)
+        self.balancer = Balancer(pool, settings.routing, loads=self.loads)
         self.placement = Placement(self.balancer, self.store, settings.routing.pins, metrics)
         self.calls = WorkerCalls(self.placement, pool)
         self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
@@ -100,14 +103,22 @@ class Router:
         self.checker = HealthChecker(
             pool, settings.health, self.client, metrics, failures=self.failures
         )
+        self.monitor = LoadMonitor(
+            pool, self.loads, settings.load, self._metric_names, self.client, metrics
+        )
+
+    def _metric_names(self, worker: Worker) -> MetricNames:
+        return metric_names(worker.engine, self.settings.custom_metrics)
 
     async def start(self) -> None:
         """Bring the background pieces up, in order."""
         self.checker.start()
+        self.monitor.start()
 
     async def stop(self) -> None:
         """Take everything down in reverse order; pending history writes get a short grace."""
         self.stopping = True
+        await self.monitor.stop()
         await self.checker.stop()
         await self.summarizer.close()
         await self.persister.close(min(SHUTDOWN_WRITE_GRACE, self.settings.shutdown_grace))
@@ -124,6 +135,8 @@ class Router:
         self.settings = settings
         self.passive.reconfigure(settings.health.passive)
         self.checker.reconfigure(settings.health)
+        self.monitor.reconfigure(settings.load)
+        self.loads.reconfigure(settings.load, settings.routing.saturation)
         self.balancer.reconfigure(settings.routing)
         self.placement.reconfigure(settings.routing.pins)
         self.extractor = KeyExtractor(settings.session, settings.routing.prefix)

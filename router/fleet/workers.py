@@ -36,6 +36,8 @@ class Worker:
     inflight: int = 0
     ejected_until: float = 0.0
     last_change: float = field(default_factory=time.monotonic)
+    engine: str = "vllm"
+    service_seconds: float = 0.0
 
     @property
     def available(self) -> bool:
@@ -49,19 +51,27 @@ class Worker:
             "weight": self.weight,
             "state": self.state.value,
             "inflight": self.inflight,
+            "engine": self.engine,
+            "service_seconds": round(self.service_seconds, 4),
             "ejected_for": max(0.0, round(self.ejected_until - time.monotonic(), 3)),
         }
 
 
+SERVICE_SMOOTHING = 0.1
+
+
 class WorkerLease:
     """One call in flight on a worker, counted from `pool.lease()` until the block ends,
-    whichever way it ends. Leaving twice is a no-op: the lease drops its worker on the first."""
+    whichever way it ends. Leaving twice is a no-op: the lease drops its worker on the first.
+    How long leases last feeds the worker's `service_seconds` (a moving average): how long a
+    request holds its place there."""
 
-    __slots__ = ("_worker",)
+    __slots__ = ("_started", "_worker")
 
     def __init__(self, worker: Worker) -> None:
         worker.inflight += 1
         self._worker: Worker | None = worker
+        self._started = time.monotonic()
 
     def __enter__(self) -> Worker:
         assert self._worker is not None, "a lease is entered once"
@@ -79,6 +89,8 @@ class WorkerLease:
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.inflight -= 1
+            held = time.monotonic() - self._started
+            worker.service_seconds += SERVICE_SMOOTHING * (held - worker.service_seconds)
 
 
 Listener = Callable[["WorkerPool"], None]
@@ -94,8 +106,13 @@ class WorkerPool:
             self._workers[worker.name] = worker
 
     @classmethod
-    def from_settings(cls, settings: Iterable[WorkerSettings]) -> WorkerPool:
-        return cls(Worker(s.display_name, s.url, s.weight) for s in settings)
+    def from_settings(
+        cls, settings: Iterable[WorkerSettings], default_engine: str = "vllm"
+    ) -> WorkerPool:
+        return cls(
+            Worker(s.display_name, s.url, s.weight, engine=s.engine or default_engine)
+            for s in settings
+        )
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(self._workers.values())

@@ -40,7 +40,7 @@ def _worker(root: Router, name: str) -> Worker:
 
 
 def _describe(root: Router, worker: Worker) -> dict[str, object]:
-    return {**worker.snapshot(), **root.passive.describe(worker)}
+    return {**worker.snapshot(), **root.passive.describe(worker), **root.loads.describe(worker)}
 
 
 async def list_workers(request: web.Request) -> web.Response:

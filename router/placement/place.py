@@ -29,8 +29,9 @@ from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
-from router.config import PinSettings, RoutingSettings
+from router.config import LoadSettings, PinSettings, RoutingSettings
 from router.errors import DegradedRefusal, NoHealthyWorker
+from router.fleet.load import Loads
 from router.fleet.workers import Worker, WorkerPool
 from router.metrics import Metrics
 from router.placement.policies import (
@@ -55,12 +56,14 @@ WRITE_TIMEOUT = 2.0
 @dataclass(frozen=True, slots=True)
 class PlacementContext:
     """What one decision is about: the key's ring position (`hash_key`, None for requests
-    without a key), the workers not to use (`avoid`: already tried for this request), and the
-    worker holding the session's cache after an earlier move (`pinned`)."""
+    without a key), the workers not to use (`avoid`: already tried for this request), the
+    worker holding the session's cache after an earlier move (`pinned`), and the size of the
+    request body in bytes (`size`: what a move would have to recompute)."""
 
     hash_key: str | None
     avoid: Collection[str] = ()
     pinned: str | None = None
+    size: int = 0
 
 
 class Balancer:
@@ -72,9 +75,14 @@ class Balancer:
         pool: WorkerPool,
         settings: RoutingSettings | None = None,
         *,
+        loads: Loads | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
+        settings = settings or RoutingSettings()
+        self.loads = loads if loads is not None else Loads(
+            LoadSettings(), settings.saturation, clock
+        )
         self._clock = clock
         self._rng = rng
         self._by_name: dict[str, Worker] = {}
@@ -82,13 +90,16 @@ class Balancer:
         self.degraded = False
         self._unsubscribe: Callable[[], None] | None = None
         self._pool = pool
-        self.reconfigure(settings or RoutingSettings())
+        self.reconfigure(settings)
 
     def reconfigure(self, settings: RoutingSettings) -> None:
         """Apply new routing settings: the policy is built again over the same pool."""
         self._settings = settings
+        self.loads.reconfigure(self.loads.settings, settings.saturation)
         self.slow_start = SlowStart(settings.slow_start, self._clock)
-        self.policy: Policy = build_policy(settings, self.slow_start, self._clock, self._rng)
+        self.policy: Policy = build_policy(
+            settings, self.slow_start, self.loads, self._clock, self._rng
+        )
         self._return_when_healthy = settings.pins.return_home == "when_healthy"
         self._refuse_when_degraded = settings.degraded.action == "refuse"
         if self._unsubscribe is not None:
@@ -121,7 +132,7 @@ class Balancer:
     def decide(self, context: PlacementContext) -> Decision:
         """A worker for this attempt; raises NoHealthyWorker (or DegradedRefusal) when none
         may take it."""
-        decision = self._decide(context.hash_key, context.avoid, context.pinned)
+        decision = self._decide(context.hash_key, context.avoid, context.pinned, context.size)
         if self.degraded and self._refuse_when_degraded and decision.route is not Route.AFFINITY:
             healthy, total = self._healthy
             raise DegradedRefusal(
@@ -132,18 +143,24 @@ class Balancer:
         return decision
 
     def choose(
-        self, key: str | None, exclude: Collection[str] = (), pinned: str | None = None
+        self,
+        key: str | None,
+        exclude: Collection[str] = (),
+        pinned: str | None = None,
+        size: int = 0,
     ) -> Decision:
         """`decide` with the context's parts given one by one (tests, benchmarks)."""
-        return self.decide(PlacementContext(key, exclude, pinned))
+        return self.decide(PlacementContext(key, exclude, pinned, size))
 
-    def _decide(self, key: str | None, avoid: Collection[str], pinned: str | None) -> Decision:
+    def _decide(
+        self, key: str | None, avoid: Collection[str], pinned: str | None, size: int
+    ) -> Decision:
         pin = self._by_name.get(pinned) if pinned is not None and key is not None else None
         if pin is None or not self.policy.keyed:
-            return self.policy.choose(key, avoid)
+            return self.policy.choose(key, avoid, size=size)
         if self._return_when_healthy and self._ring_home_can_take(key, pin, avoid):
-            return self._return_home(key, pin, avoid)
-        return self.policy.choose(key, avoid, prefer=pin)
+            return self._return_home(key, pin, avoid, size)
+        return self.policy.choose(key, avoid, prefer=pin, size=size)
 
     def _ring_home_can_take(self, key: str, pin: Worker, avoid: Collection[str]) -> bool:
         home = self.policy.ring_home(key)
@@ -154,9 +171,11 @@ class Balancer:
             and self.slow_start.admits(home, key)
         )
 
-    def _return_home(self, key: str, pin: Worker, avoid: Collection[str]) -> Decision:
+    def _return_home(
+        self, key: str, pin: Worker, avoid: Collection[str], size: int
+    ) -> Decision:
         """The ring decides again although the cache is on `pin`: count the move back."""
-        decision = self.policy.choose(key, avoid)
+        decision = self.policy.choose(key, avoid, size=size)
         if decision.worker is pin:
             return Decision(pin, Route.AFFINITY, pin)
         return replace(
@@ -186,10 +205,13 @@ class Placement:
         metrics.routing_policy.labels(balancer.name).set(1)
         self._placed = {r: metrics.placements.labels(balancer.name, r.value) for r in Route}
 
-    async def place(self, key: RoutingKey, avoid: Collection[str] = ()) -> Decision:
-        """The decision for one attempt; `avoid` names the workers already tried."""
+    async def place(
+        self, key: RoutingKey, avoid: Collection[str] = (), size: int = 0
+    ) -> Decision:
+        """The decision for one attempt; `avoid` names the workers already tried, `size` is
+        the request body's length."""
         pinned = await self._pinned(key)
-        decision = self.balancer.decide(PlacementContext(key.hash_key, avoid, pinned))
+        decision = self.balancer.decide(PlacementContext(key.hash_key, avoid, pinned, size))
         self._placed[decision.route].inc()
         if decision.rehomed is not None:
             self._metrics.rehomed.labels(decision.rehomed.value).inc()

@@ -105,7 +105,7 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         tried: list[str] = []
         while True:
-            decision = await self._placement.place(out.key, tried)
+            decision = await self._placement.place(out.key, tried, len(out.body))
             worker = decision.worker
             lease = self._pool.lease(worker)
             remaining = deadline - loop.time()

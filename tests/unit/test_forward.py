@@ -31,7 +31,9 @@ class FakePlacement:
         self._pool = pool
         self.calls: list[tuple[str, ...]] = []
 
-    async def place(self, key: RoutingKey, avoid: Collection[str] = ()) -> Decision:
+    async def place(
+        self, key: RoutingKey, avoid: Collection[str] = (), size: int = 0
+    ) -> Decision:
         self.calls.append(tuple(avoid))
         for worker in self._pool:
             if worker.name not in avoid:

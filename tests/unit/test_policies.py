@@ -27,7 +27,10 @@ def make_pool(count: int = 4, **weights: float) -> WorkerPool:
 
 
 def routing(policy: str, **extra: object) -> RoutingSettings:
-    return RoutingSettings.model_validate({"policy": policy, "slow_start": {"window": 0}, **extra})
+    """No slow start, and no floor: bounded_load's cap alone decides (its floor has a test)."""
+    return RoutingSettings.model_validate(
+        {"policy": policy, "slow_start": {"window": 0}, "saturation": {"floor": 0}, **extra}
+    )
 
 
 def balancer_for(policy: str, pool: WorkerPool, **extra: object) -> Balancer:
@@ -189,3 +192,16 @@ def test_unkeyed_requests_on_hash_policies_go_to_the_least_loaded_worker():
     pool.get("w2").inflight = 2
     decision = balancer.choose(None)
     assert decision.worker.name == "w1" and decision.route is Route.UNKEYED
+
+
+def test_bounded_load_never_spills_below_its_floor():
+    pool = make_pool(4)
+    balancer = balancer_for("bounded_load", pool, saturation={"floor": 6})
+    home = balancer.choose("k").worker
+    leases = [pool.lease(home) for _ in range(5)]  # the cap alone would be ceil(1.25*6/4) = 2
+    assert balancer.choose("k").worker is home, "5 in flight, under the floor of 6"
+    leases.append(pool.lease(home))
+    spilled = balancer.choose("k")
+    assert spilled.worker is not home and spilled.rehomed is Rehome.OVERLOADED
+    for lease in leases:
+        lease.release()

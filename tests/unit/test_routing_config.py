@@ -11,15 +11,20 @@ ONE_WORKER = {"workers": [{"url": "http://127.0.0.1:8000"}]}
 
 
 @pytest.mark.parametrize(
-    "policy", ["consistent_hash", "bounded_load", "least_inflight", "round_robin", "random"]
+    "policy",
+    [
+        "cost_aware", "consistent_hash", "bounded_load", "least_loaded", "least_inflight",
+        "round_robin", "random",
+    ],
 )
 def test_every_policy_is_chosen_by_name(policy):
     assert parse_settings({**ONE_WORKER, "routing": {"policy": policy}}).routing.policy == policy
 
 
-def test_defaults_are_bounded_load_with_pins_kept_until_idle():
+def test_defaults_are_cost_aware_with_pins_kept_until_idle():
     routing = parse_settings(ONE_WORKER).routing
-    assert (routing.policy, routing.load_factor) == ("bounded_load", 1.25)
+    assert (routing.policy, routing.load_factor) == ("cost_aware", 1.25)
+    assert routing.saturation.floor == 8 and routing.saturation.hold == 0.5
     assert routing.pins.enabled and routing.pins.return_home == "on_expiry"
     assert routing.prefix.enabled and routing.degraded.action == "spread"
 

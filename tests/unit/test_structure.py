@@ -9,7 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "router"
-WORKER_FIELDS = {"inflight", "state", "weight", "ejected_until", "last_change"}
+WORKER_FIELDS = {
+    "inflight", "state", "weight", "ejected_until", "last_change", "engine", "service_seconds"
+}
 
 
 def module_name(path: Path) -> str:

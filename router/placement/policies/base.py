@@ -34,6 +34,7 @@ class Rehome(enum.StrEnum):
     RETRY = "retry"
     SLOW_START = "slow_start"
     RETURN_HOME = "return_home"
+    SATURATED = "saturated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,12 @@ class Policy(Protocol):
         """Where `key` belongs when every worker is up; None for policies that ignore keys."""
 
     def choose(
-        self, key: str | None, exclude: Collection[str] = (), prefer: Worker | None = None
+        self,
+        key: str | None,
+        exclude: Collection[str] = (),
+        prefer: Worker | None = None,
+        size: int = 0,
     ) -> Decision:
         """A worker for `key`, never one in `exclude`; `prefer` (a pinned worker) is tried
-        first by keyed policies. Raises NoHealthyWorker when no worker can take it."""
+        first by keyed policies; `size` is the request body's length in bytes (what a move
+        would recompute). Raises NoHealthyWorker when no worker can take it."""

@@ -1,8 +1,10 @@
 """`bounded_load`: consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam).
 
-No worker takes a request that would put it above ceil(c x (in-flight + 1) x its weight share):
-the ring walk passes over full workers, so a key stays on its warm worker until that worker
-carries more than c times its fair share, and only then spills to the next one on the ring.
+No worker takes a request that would put it above ceil(c x (in-flight + 1) x its weight share),
+or above `routing.saturation.floor` requests, whichever is more: the ring walk passes over full
+workers, so a key stays on its warm worker until that worker carries more than c times its fair
+share (and more than the floor: a few requests in flight are no reason to recompute a history
+elsewhere), and only then spills to the next one on the ring.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ class BoundedLoad(ConsistentHash):
         vnodes: int = 160,
         load_factor: float = 1.25,
         clock: Clock = time.monotonic,
+        floor: int = 0,
     ) -> None:
         super().__init__(slow_start, vnodes, clock)
         self.load_factor = load_factor
+        self.floor = floor
         self._ready: tuple[Worker, ...] = ()
         self._ready_weight = 0.0
 
@@ -57,16 +61,17 @@ class BoundedLoad(ConsistentHash):
             total_weight = self._ready_weight
         if total_weight <= 0:
             return None
-        factor = self.load_factor
+        factor, floor = self.load_factor, self.floor
         if slow_start.warming:
 
             def fits_warming(worker: Worker) -> bool:
-                return worker.inflight < cap(factor, total_inflight, weight(worker), total_weight)
+                limit = cap(factor, total_inflight, weight(worker), total_weight)
+                return worker.inflight < max(limit, floor)
 
             return fits_warming
         scale = factor * (total_inflight + 1) / total_weight
 
         def fits(worker: Worker) -> bool:
-            return worker.inflight < math.ceil(scale * worker.weight - _EPSILON)
+            return worker.inflight < max(math.ceil(scale * worker.weight - _EPSILON), floor)
 
         return fits

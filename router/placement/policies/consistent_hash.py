@@ -51,7 +51,11 @@ class ConsistentHash:
         return None
 
     def choose(
-        self, key: str | None, exclude: Collection[str] = (), prefer: Worker | None = None
+        self,
+        key: str | None,
+        exclude: Collection[str] = (),
+        prefer: Worker | None = None,
+        size: int = 0,
     ) -> Decision:
         if key is None:
             return self._unkeyed.choose(None, exclude)

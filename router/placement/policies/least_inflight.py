@@ -29,7 +29,11 @@ class LeastInflight:
         return None
 
     def choose(
-        self, key: str | None, exclude: Collection[str] = (), prefer: Worker | None = None
+        self,
+        key: str | None,
+        exclude: Collection[str] = (),
+        prefer: Worker | None = None,
+        size: int = 0,
     ) -> Decision:
         return Decision(self.pick(exclude), Route.UNKEYED)
 

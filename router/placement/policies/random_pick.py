@@ -31,7 +31,11 @@ class RandomPick:
         return None
 
     def choose(
-        self, key: str | None, exclude: Collection[str] = (), prefer: Worker | None = None
+        self,
+        key: str | None,
+        exclude: Collection[str] = (),
+        prefer: Worker | None = None,
+        size: int = 0,
     ) -> Decision:
         if exclude or self._slow_start.warming or not self._cumulative:
             return Decision(self._draw(candidates(self._ready, exclude)), Route.UNKEYED)

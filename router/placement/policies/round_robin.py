@@ -59,7 +59,11 @@ class RoundRobin:
         return tuple(sequence)
 
     def choose(
-        self, key: str | None, exclude: Collection[str] = (), prefer: Worker | None = None
+        self,
+        key: str | None,
+        exclude: Collection[str] = (),
+        prefer: Worker | None = None,
+        size: int = 0,
     ) -> Decision:
         schedule = self._schedule
         if schedule and not exclude and not self._slow_start.warming:
