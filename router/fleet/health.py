@@ -8,7 +8,6 @@ worker's state only through the pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -19,6 +18,7 @@ import aiohttp
 
 from router.config import HealthSettings
 from router.fleet.passive import FailureCounts
+from router.fleet.tasks import PerWorkerTasks
 from router.fleet.workers import Worker, WorkerPool, WorkerState
 from router.metrics import Metrics
 
@@ -48,18 +48,17 @@ class HealthChecker:
     ) -> None:
         self._pool = pool
         self._failures = failures if failures is not None else FailureCounts()
-        self._unsubscribe: Callable[[], None] | None = None
         self._settings = settings
         self._session = session
         self._metrics = metrics
         self._clock = clock
         self._rng = rng or random.Random()
         self._counts: dict[str, _ProbeCounts] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = PerWorkerTasks(pool, "health", self._probe_forever, self._forget)
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
 
     def start(self) -> None:
-        self._unsubscribe = self._pool.subscribe(self._reconcile)
+        self._tasks.start()
 
     def reconfigure(self, settings: HealthSettings) -> None:
         """New intervals, thresholds and timeout apply from each worker's next probe."""
@@ -67,32 +66,14 @@ class HealthChecker:
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
 
     async def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.stop()
 
-    def _reconcile(self, pool: WorkerPool) -> None:
-        """Keep exactly one probe task per worker in the pool."""
-        for name in list(self._tasks):
-            if name not in pool:
-                self._tasks.pop(name).cancel()
-                self._counts.pop(name, None)
-                self._failures.forget(name)
-        for worker in pool:
-            if worker.name not in self._tasks:
-                self._counts[worker.name] = _ProbeCounts()
-                self._tasks[worker.name] = asyncio.get_running_loop().create_task(
-                    self._probe_forever(worker), name=f"health:{worker.name}"
-                )
+    def _forget(self, name: str) -> None:
+        self._counts.pop(name, None)
+        self._failures.forget(name)
 
     async def _probe_forever(self, worker: Worker) -> None:
+        self._counts[worker.name] = _ProbeCounts()
         while True:
             ok, refused = await self.probe(worker)
             self.record(worker, ok, refused=refused)

@@ -18,7 +18,6 @@ worker, and never changes a worker's health.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -30,6 +29,7 @@ import aiohttp
 
 from router.config import LoadSettings, SaturationSettings
 from router.fleet.engines import LoadReading, MetricNames, MetricsParseError, parse_load
+from router.fleet.tasks import PerWorkerTasks
 from router.fleet.workers import Worker, WorkerPool
 from router.metrics import Metrics
 
@@ -203,14 +203,12 @@ class LoadMonitor:
         metrics: Metrics,
         rng: random.Random | None = None,
     ) -> None:
-        self._pool = pool
         self._loads = loads
         self._names = names
         self._session = session
         self._metrics = metrics
         self._rng = rng or random.Random()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._unsubscribe: Callable[[], None] | None = None
+        self._tasks = PerWorkerTasks(pool, "load", self._scrape_forever, loads.forget)
         self.reconfigure(settings)
 
     def reconfigure(self, settings: LoadSettings) -> None:
@@ -219,31 +217,10 @@ class LoadMonitor:
 
     def start(self) -> None:
         if self._settings.enabled:
-            self._unsubscribe = self._pool.subscribe(self._reconcile)
+            self._tasks.start()
 
     async def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def _reconcile(self, pool: WorkerPool) -> None:
-        """Keep exactly one scrape task per worker in the pool."""
-        for name in list(self._tasks):
-            if name not in pool:
-                self._tasks.pop(name).cancel()
-                self._loads.forget(name)
-        for worker in pool:
-            if worker.name not in self._tasks:
-                self._tasks[worker.name] = asyncio.get_running_loop().create_task(
-                    self._scrape_forever(worker), name=f"load:{worker.name}"
-                )
+        await self._tasks.stop()
 
     async def _scrape_forever(self, worker: Worker) -> None:
         while True:

@@ -69,6 +69,24 @@ def candidates(ready: Sequence[Worker], exclude: Collection[str]) -> Sequence[Wo
     return [w for w in ready if w.name not in exclude]
 
 
+class Rotation:
+    """Picks the worker with the lowest score, rotating among ties so that equal workers
+    share the load."""
+
+    __slots__ = ("_turn",)
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def lowest(self, pool: Sequence[Worker], scores: list[float]) -> Worker:
+        self._turn = turn = (self._turn + 1) % len(pool)
+        best = min(scores)
+        try:
+            return pool[scores.index(best, turn)]
+        except ValueError:
+            return pool[scores.index(best)]
+
+
 def why_not(worker: Worker, exclude: Collection[str], now: float) -> Rehome:
     """Why `worker` cannot take this request, for a worker `can_take` refused."""
     if worker.state is WorkerState.DRAINING:

@@ -24,16 +24,15 @@ from router.fleet.workers import Worker
 from router.placement.cost import CostModel
 from router.placement.policies.base import Decision, Rehome, Route, available, can_take, why_not
 from router.placement.policies.bounded_load import cap
+from router.placement.policies.consistent_hash import ConsistentHash
 from router.placement.policies.least_loaded import LeastLoaded
-from router.placement.policies.ring import Ring
 from router.placement.policies.slow_start import SlowStart
 
 Clock = Callable[[], float]
 
 
-class CostAware:
+class CostAware(ConsistentHash):
     name = "cost_aware"
-    keyed = True
 
     def __init__(
         self,
@@ -44,27 +43,16 @@ class CostAware:
         load_factor: float = 1.25,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._slow_start = slow_start
+        super().__init__(slow_start, vnodes, clock)
         self._loads = loads
         self._cost = cost
-        self._vnodes = vnodes
         self._load_factor = load_factor
-        self._clock = clock
-        self._layout: tuple[tuple[str, float], ...] = ()
-        self._ring = Ring((), vnodes)
         self._ready: tuple[Worker, ...] = ()
         self._unkeyed = LeastLoaded(slow_start, loads)
 
     def update(self, workers: Sequence[Worker]) -> None:
+        super().update(workers)
         self._ready = available(workers)
-        self._unkeyed.update(workers)
-        layout = tuple((w.name, w.weight) for w in workers)
-        if layout != self._layout:
-            self._layout = layout
-            self._ring = Ring(tuple(workers), self._vnodes)
-
-    def ring_home(self, key: str) -> Worker | None:
-        return self._ring.home(key)
 
     def choose(
         self,

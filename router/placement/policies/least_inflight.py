@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 
 from router.errors import NoHealthyWorker
 from router.fleet.workers import Worker
-from router.placement.policies.base import Decision, Route, available, candidates
+from router.placement.policies.base import Decision, Rotation, Route, available, candidates
 from router.placement.policies.slow_start import SlowStart
 
 
@@ -20,7 +20,7 @@ class LeastInflight:
     def __init__(self, slow_start: SlowStart) -> None:
         self._slow_start = slow_start
         self._ready: tuple[Worker, ...] = ()
-        self._rotation = 0
+        self._rotation = Rotation()
 
     def update(self, workers: Sequence[Worker]) -> None:
         self._ready = available(workers)
@@ -47,9 +47,4 @@ class LeastInflight:
             loads = [(w.inflight + 1) / weight(w) for w in pool]
         else:
             loads = [(w.inflight + 1) / w.weight for w in pool]
-        self._rotation = rotation = (self._rotation + 1) % len(pool)
-        best = min(loads)
-        try:
-            return pool[loads.index(best, rotation)]
-        except ValueError:
-            return pool[loads.index(best)]
+        return self._rotation.lowest(pool, loads)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from router.errors import NoHealthyWorker
-from router.fleet.load import Loads
+from router.fleet.load import Estimate, Loads
 from router.fleet.workers import Worker
-from router.placement.policies.base import Decision, Route, available, candidates
+from router.placement.policies.base import Decision, Rotation, Route, available, candidates
 from router.placement.policies.slow_start import SlowStart
 
 
@@ -21,7 +21,7 @@ class LeastLoaded:
         self._slow_start = slow_start
         self._loads = loads
         self._ready: tuple[Worker, ...] = ()
-        self._rotation = 0
+        self._rotation = Rotation()
 
     def update(self, workers: Sequence[Worker]) -> None:
         self._ready = available(workers)
@@ -43,15 +43,10 @@ class LeastLoaded:
         pool = candidates(self._ready, exclude)
         if not pool:
             raise NoHealthyWorker()
-        weight = self._slow_start.weight
-        estimate = self._loads.estimate
-        loads = []
-        for worker in pool:
-            load = estimate(worker)
-            loads.append((load.running + load.waiting + 1) / weight(worker))
-        self._rotation = rotation = (self._rotation + 1) % len(pool)
-        best = min(loads)
-        try:
-            return pool[loads.index(best, rotation)]
-        except ValueError:
-            return pool[loads.index(best)]
+        weight, estimate = self._slow_start.weight, self._loads.estimate
+        loads = [_queued(estimate(w)) / weight(w) for w in pool]
+        return self._rotation.lowest(pool, loads)
+
+
+def _queued(load: Estimate) -> float:
+    return load.running + load.waiting + 1
