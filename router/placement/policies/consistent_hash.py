@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 from router.errors import NoHealthyWorker
 from router.fleet.workers import Worker
@@ -46,6 +46,15 @@ class ConsistentHash:
     def ring_home(self, key: str) -> Worker | None:
         return self._ring.home(key)
 
+    def _walk(self, key: str, prefer: Worker | None) -> tuple[Iterator[Worker], Worker, Worker]:
+        """The ring walk from `key` past its ring home, the ring home, and the cache holder
+        (`prefer`, a pinned worker, else the ring home)."""
+        walk = self._ring.walk(key)
+        home = next(walk, None)
+        if home is None:
+            raise NoHealthyWorker()
+        return walk, home, prefer or home
+
     def _fits(self) -> Fits | None:
         """A capacity test for this decision; None means every worker has room."""
         return None
@@ -59,11 +68,7 @@ class ConsistentHash:
     ) -> Decision:
         if key is None:
             return self._unkeyed.choose(None, exclude)
-        walk = self._ring.walk(key)
-        home = next(walk, None)
-        if home is None:
-            raise NoHealthyWorker()
-        holder = prefer or home
+        walk, home, holder = self._walk(key, prefer)
         first = (home,) if holder is home else (holder, home)
         candidates: Iterable[Worker] = itertools.chain(first, walk)
         fits = self._fits()

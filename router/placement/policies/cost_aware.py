@@ -18,7 +18,6 @@ import math
 import time
 from collections.abc import Callable, Collection, Sequence
 
-from router.errors import NoHealthyWorker
 from router.fleet.load import Loads
 from router.fleet.workers import Worker
 from router.placement.cost import CostModel
@@ -63,11 +62,7 @@ class CostAware(ConsistentHash):
     ) -> Decision:
         if key is None:
             return self._unkeyed.choose(None, exclude)
-        walk = self._ring.walk(key)
-        home = next(walk, None)
-        if home is None:
-            raise NoHealthyWorker()
-        holder = prefer or home
+        walk, home, holder = self._walk(key, prefer)
         now = self._clock()
         saturated = self._saturation(now)
         admits = self._slow_start.admits

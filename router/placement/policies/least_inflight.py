@@ -38,13 +38,15 @@ class LeastInflight:
         return Decision(self.pick(exclude), Route.UNKEYED)
 
     def pick(self, exclude: Collection[str]) -> Worker:
-        """Lowest (in-flight + 1) / weight, so idle pools still follow weights; ties rotate."""
+        """The lowest load per unit of weight (see `loads`); ties rotate."""
         pool = candidates(self._ready, exclude)
         if not pool:
             raise NoHealthyWorker()
+        return self._rotation.lowest(pool, self.loads(pool))
+
+    def loads(self, pool: Sequence[Worker]) -> list[float]:
+        """(in-flight + 1) / weight, so idle pools still follow weights."""
         if self._slow_start.warming:
             weight = self._slow_start.weight
-            loads = [(w.inflight + 1) / weight(w) for w in pool]
-        else:
-            loads = [(w.inflight + 1) / w.weight for w in pool]
-        return self._rotation.lowest(pool, loads)
+            return [(w.inflight + 1) / weight(w) for w in pool]
+        return [(w.inflight + 1) / w.weight for w in pool]
