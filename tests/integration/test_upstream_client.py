@@ -184,14 +184,16 @@ async def test_no_head_within_the_callers_timeout_closes_the_connection(client):
         await asyncio.wait_for(server.closed.wait(), 2.0)
 
 
-async def test_silence_between_chunks_times_out_after_idle(client):
-    async def stalls(reader, writer, server):
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-        await writer.drain()
-        await reader.read()
+async def first_chunk_then_silence(reader, writer, server):
+    """Answers with a chunked head and one chunk, then says nothing more."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+    await writer.drain()
+    await reader.read()
 
-    async with scripted(stalls) as server:
+
+async def test_silence_between_chunks_times_out_after_idle(client):
+    async with scripted(first_chunk_then_silence) as server:
         response = await client.request(server.url, "GET", "/", CIMultiDict(), b"")
         got = []
         with pytest.raises(TimeoutError):
@@ -293,13 +295,7 @@ async def test_a_clean_exchange_gives_its_slot_and_connection_back(client):
 
 
 async def test_closing_mid_body_then_releasing_gives_the_slot_back_once(client):
-    async def partial(reader, writer, server):
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-        await writer.drain()
-        await reader.read()
-
-    async with scripted(partial) as server:
+    async with scripted(first_chunk_then_silence) as server:
         response = await client.request(server.url, "GET", "/", CIMultiDict(), b"")
         async for _ in response.chunks(idle=2.0):
             break
