@@ -24,7 +24,7 @@ from router.metrics import Metrics
 from router.placement.place import Decision, Placement
 from router.placement.session import RoutingKey
 from router.proxy.outcomes import Failure, Outcomes, bad_status, before_head
-from router.proxy.relay import Relay, ResponseObserver
+from router.proxy.relay import Answer, Relay, ResponseObserver
 from router.proxy.upstream import (
     ClosedBeforeHead,
     ConnectFailed,
@@ -93,11 +93,9 @@ class Forwarder:
         started = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self._timeouts.total
         opened = await self.open(out, deadline)
+        answer = Answer(opened.response, opened.decision, out.observer, started, deadline)
         with opened.lease:
-            return await self._relay.relay(
-                request, opened.response, opened.decision, out.request_id, out.observer,
-                started, deadline,
-            )  # fmt: skip
+            return await self._relay.relay(request, answer, out.request_id)
 
     async def open(self, out: Outgoing, deadline: float) -> Opened:
         """The first usable response head, trying workers in placement order; raises the

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
@@ -46,6 +47,19 @@ class ResponseObserver(Protocol):
     async def finish(self) -> bytes: ...
 
 
+@dataclass(slots=True)
+class Answer:
+    """One worker's answer on its way to the client: its response, the decision that chose
+    the worker, the request's observer, when the request started (perf_counter) and the
+    request's deadline (loop time)."""
+
+    response: Response
+    decision: Decision
+    observer: ResponseObserver | None
+    started: float
+    deadline: float
+
+
 def sse_error_event(message: str, code: str) -> bytes:
     payload = {"error": {"message": message, "type": "server_error", "code": code}}
     return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
@@ -68,18 +82,12 @@ class Relay:
         self._timeouts = timeouts
 
     async def relay(
-        self,
-        request: web.Request,
-        upstream: Response,
-        decision: Decision,
-        request_id: str,
-        observer: ResponseObserver | None,
-        started: float,
-        deadline: float,
+        self, request: web.Request, answer: Answer, request_id: str
     ) -> web.StreamResponse:
-        """Pass the answer on; `deadline` (loop time) bounds the whole request. The upstream
+        """Pass the answer on; its deadline (loop time) bounds the whole request. The upstream
         connection is given back (or closed) whatever happens."""
-        headers = _response_headers(upstream, decision, request_id)
+        upstream, observer = answer.response, answer.observer
+        headers = _response_headers(upstream, answer.decision, request_id)
         length = upstream.content_length
         streaming = upstream.content_type == "text/event-stream"
         buffered = not streaming and length is not None and length <= BUFFER_LIMIT
@@ -87,29 +95,18 @@ class Relay:
             observer.start(upstream.status, not buffered)
         try:
             if buffered:
-                return await self._buffered(
-                    upstream, decision, headers, observer, started, deadline
-                )
-            return await self._stream(
-                request, upstream, decision, headers, observer, started, deadline
-            )
+                return await self._buffered(answer, headers)
+            return await self._stream(request, answer, headers)
         finally:
             upstream.release()
 
-    async def _buffered(
-        self,
-        upstream: Response,
-        decision: Decision,
-        headers: CIMultiDict[str],
-        observer: ResponseObserver | None,
-        started: float,
-        deadline: float,
-    ) -> web.Response:
+    async def _buffered(self, answer: Answer, headers: CIMultiDict[str]) -> web.Response:
+        upstream, decision, observer = answer.response, answer.decision, answer.observer
         try:
             if upstream.complete:  # the usual small answer came with its head
                 body = await upstream.read()
             else:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout_at(answer.deadline):
                     body = await upstream.read()
         except (BodyBroken, TimeoutError) as err:
             upstream.close()
@@ -118,21 +115,15 @@ class Relay:
             raise failure.error(decision.worker) from None
         if b'"usage"' in body:
             self._count_usage(decision, usage_from_json(body))
-        self._observe(decision, upstream.status, started, first_byte=True)
+        self._observe(decision, upstream.status, answer.started, first_byte=True)
         if observer is not None:
             body = observer.feed(body) + await observer.finish()
         return web.Response(body=body, status=upstream.status, headers=headers)
 
     async def _stream(
-        self,
-        request: web.Request,
-        upstream: Response,
-        decision: Decision,
-        headers: CIMultiDict[str],
-        observer: ResponseObserver | None,
-        started: float,
-        deadline: float,
+        self, request: web.Request, answer: Answer, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
+        upstream, decision, observer = answer.response, answer.decision, answer.observer
         response = web.StreamResponse(status=upstream.status, headers=headers)
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
@@ -140,14 +131,14 @@ class Relay:
         sent_first = False
         try:
             await response.prepare(request)
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(answer.deadline):
                 async for chunk in upstream.chunks(self._timeouts.idle):
                     sniffer.feed(chunk)
                     await response.write(chunk if observer is None else observer.feed(chunk))
                     if not sent_first:
                         sent_first = True
                         self._first_byte_seconds(decision.route.value).observe(
-                            time.perf_counter() - started
+                            time.perf_counter() - answer.started
                         )
         except asyncio.CancelledError:
             upstream.close()
@@ -163,7 +154,7 @@ class Relay:
             await self._end_broken(response, decision, failure)
             return response
         self._count_usage(decision, sniffer.usage)
-        self._observe(decision, upstream.status, started, first_byte=not sent_first)
+        self._observe(decision, upstream.status, answer.started, first_byte=not sent_first)
         if observer is not None:
             held = await observer.finish()
             if held:
