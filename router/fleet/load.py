@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiohttp
 
@@ -59,8 +60,7 @@ class _Saturation:
     left_at: float = -math.inf
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
+class Estimate(NamedTuple):
     """A worker's load now: from fresh figures (`fresh`) or from the router's own count."""
 
     running: float
@@ -127,9 +127,10 @@ class Loads:
     def estimate(self, worker: Worker, now: float | None = None) -> Estimate:
         """Running and waiting now: the scrape's figures plus what the router sent since,
         less what finished; the router's own in-flight count when the figures are stale."""
-        now = self._clock() if now is None else now
+        if now is None:
+            now = self._clock()
         snap = self._snapshots.get(worker.name)
-        if snap is None or not self.fresh(worker, now):
+        if snap is None or not snap.at or now - snap.at > self._stale_after:
             return Estimate(float(worker.inflight), 0.0, None, False)
         total = max(0.0, snap.running + snap.waiting + worker.inflight - snap.inflight_at)
         limit = snap.batch_limit

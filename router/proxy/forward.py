@@ -137,8 +137,7 @@ class Forwarder:
         except _BEFORE_HEAD as err:
             return None, before_head(err, worker, self._timeouts.connect, budget)
         status = response.status
-        if status < 500:
-            self._outcomes.succeeded(worker)
+        if status < 500:  # a success once the body has come whole (see relay)
             return response, None
         retry = status in self._retries.on_status and may_retry
         if not retry:  # the worker's own error answer goes to the client as it is

@@ -98,7 +98,8 @@ def body_failure(err: BaseException, worker: Worker, *, relayed: bool) -> Failur
 
 class Outcomes:
     """Reports each exchange's outcome: failures to the metrics and to passive health,
-    successes to passive health."""
+    successes to passive health. An exchange succeeds when its whole body has come (not when
+    its head did), so a worker that breaks every body is ejected like one that refuses."""
 
     __slots__ = ("_errors", "_passive")
 

@@ -113,6 +113,8 @@ class Relay:
             failure = body_failure(err, decision.worker, relayed=False)
             self._outcomes.failed(decision.worker, failure)
             raise failure.error(decision.worker) from None
+        if upstream.status < 500:
+            self._outcomes.succeeded(decision.worker)
         if b'"usage"' in body:
             self._count_usage(decision, usage_from_json(body))
         self._observe(decision, upstream.status, answer.started, first_byte=True)
@@ -153,6 +155,8 @@ class Relay:
             failure = body_failure(err, decision.worker, relayed=True)
             await self._end_broken(response, decision, failure)
             return response
+        if upstream.status < 500:
+            self._outcomes.succeeded(decision.worker)
         self._count_usage(decision, sniffer.usage)
         self._observe(decision, upstream.status, answer.started, first_byte=not sent_first)
         if observer is not None:

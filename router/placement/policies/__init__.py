@@ -58,7 +58,7 @@ def build_policy(
         floor = settings.saturation.floor
         return BoundedLoad(slow_start, settings.vnodes, settings.load_factor, clock, floor)
     if name == "least_loaded":
-        return LeastLoaded(slow_start, loads)
+        return LeastLoaded(slow_start, loads, clock)
     if name == "least_inflight":
         return LeastInflight(slow_start)
     if name == "round_robin":

@@ -47,7 +47,7 @@ class CostAware(ConsistentHash):
         self._cost = cost
         self._load_factor = load_factor
         self._ready: tuple[Worker, ...] = ()
-        self._unkeyed = LeastLoaded(slow_start, loads)
+        self._unkeyed = LeastLoaded(slow_start, loads, clock)
 
     def update(self, workers: Sequence[Worker]) -> None:
         super().update(workers)

@@ -4,8 +4,9 @@
 
 Times `Balancer.choose` (the pure choice) and `Placement.place` (the choice plus the session's
 pin read from the in-memory store), one call at a time with `perf_counter_ns`, over random
-session keys while worker in-flight counts change as they would under load. Prints p50, p99
-and p99.9 in microseconds.
+session keys while worker in-flight counts change as they would under load, and with fresh
+load figures for every worker (a quarter of them saturated, so cost_aware weighs moves).
+Prints p50, p99 and p99.9 in microseconds.
 """
 
 from __future__ import annotations
@@ -17,19 +18,31 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from router.config import RoutingSettings
+from router.config import LoadSettings, RoutingSettings
+from router.fleet.engines import LoadReading
+from router.fleet.load import Loads
 from router.fleet.workers import Worker, WorkerPool
 from router.metrics import Metrics
 from router.placement.place import Balancer, Placement
 from router.placement.session import RoutingKey
 from router.store import MemoryStore
 
-POLICIES = ("consistent_hash", "bounded_load", "least_inflight", "round_robin", "random")
+POLICIES = (
+    "cost_aware",
+    "consistent_hash",
+    "bounded_load",
+    "least_loaded",
+    "least_inflight",
+    "round_robin",
+    "random",
+)
+BODY_BYTES = 24_000  # a chat of about 5,000 tokens: what cost_aware weighs a move against
 
 
 def make_pool(count: int) -> WorkerPool:
     return WorkerPool(
-        Worker(f"w{i}", f"http://10.0.{i // 250}.{i % 250}:8000") for i in range(count)
+        Worker(f"w{i}", f"http://10.0.{i // 250}.{i % 250}:8000", service_seconds=2.0)
+        for i in range(count)
     )
 
 
@@ -52,17 +65,29 @@ def churn(pool: WorkerPool, rng: random.Random) -> Callable[[Worker], None]:
     return step
 
 
+def loaded(pool: WorkerPool, rng: random.Random) -> Loads:
+    """Fresh figures for every worker; every fourth one has requests waiting."""
+    routing = RoutingSettings()
+    loads = Loads(LoadSettings(stale_after=1e9), routing.saturation.model_copy(update={"hold": 0}))
+    for i, worker in enumerate(pool):
+        worker_waiting = 3 if i % 4 == 0 else 0
+        loads.record(worker, LoadReading(rng.randint(8, 32), worker_waiting, rng.random()))
+    return loads
+
+
 def time_choose(policy: str, workers: int, decisions: int, seed: int) -> list[int]:
     pool = make_pool(workers)
-    balancer = Balancer(pool, RoutingSettings(policy=policy), rng=random.Random(seed))
     rng = random.Random(seed)
+    balancer = Balancer(
+        pool, RoutingSettings(policy=policy), loads=loaded(pool, rng), rng=random.Random(seed)
+    )
     keys = [f"tenant\x1fsession-{rng.randrange(10 * decisions)}" for _ in range(decisions)]
     step = churn(pool, rng)
     clock = time.perf_counter_ns
     samples = []
     for key in keys:
         started = clock()
-        decision = balancer.choose(key)
+        decision = balancer.choose(key, size=BODY_BYTES)
         samples.append(clock() - started)
         step(decision.worker)
     return samples
@@ -70,9 +95,10 @@ def time_choose(policy: str, workers: int, decisions: int, seed: int) -> list[in
 
 async def time_place(workers: int, decisions: int, seed: int) -> list[int]:
     pool = make_pool(workers)
-    routing = RoutingSettings(policy="bounded_load")
-    placement = Placement(Balancer(pool, routing), MemoryStore(), routing.pins, Metrics())
     rng = random.Random(seed)
+    routing = RoutingSettings()
+    balancer = Balancer(pool, routing, loads=loaded(pool, rng))
+    placement = Placement(balancer, MemoryStore(), routing.pins, Metrics())
     keys = [
         RoutingKey("tenant", f"session-{rng.randrange(10 * decisions)}") for _ in range(decisions)
     ]
@@ -81,7 +107,7 @@ async def time_place(workers: int, decisions: int, seed: int) -> list[int]:
     samples = []
     for key in keys:
         started = clock()
-        decision = await placement.place(key)
+        decision = await placement.place(key, (), BODY_BYTES)
         samples.append(clock() - started)
         step(decision.worker)
     await placement.close()
@@ -102,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'choose: ' + policy:<34}{p50:>8.1f}{p99:>8.1f}{p999:>8.1f}")
     samples = asyncio.run(time_place(ns.workers, ns.decisions, ns.seed))
     p50, p99, p999 = percentiles(samples)
-    print(f"{'place: bounded_load + pin read':<34}{p50:>8.1f}{p99:>8.1f}{p999:>8.1f}")
+    print(f"{'place: cost_aware + pin read':<34}{p50:>8.1f}{p99:>8.1f}{p999:>8.1f}")
     return 0
 
 
