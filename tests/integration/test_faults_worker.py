@@ -68,8 +68,12 @@ class FaultyWorker:
 
     async def _misbehave(self, writer: asyncio.StreamWriter) -> bool:
         """Send the fault; True to keep the connection for another request."""
-        sse_head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
-        chunk = orjson.dumps({"choices": [{"index": 0, "delta": {"content": "Hel"}}]})
+        sse_head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        event = b"data: " + orjson.dumps({"choices": [{"index": 0, "delta": {"content": "He"}}]})
+        chunk = b"%x\r\n%s\n\n\r\n" % (len(event) + 2, event)
         fault = self.fault
         if fault == "garbage":
             writer.write(b"\x00\xff\xfeNOT HTTP AT ALL\r\n\r\n")
@@ -80,7 +84,7 @@ class FaultyWorker:
                          b"Content-Length: 400\r\n\r\n{\"choices\": [")  # fmt: skip
         elif fault in ("stall_before_head", "stall_mid_stream"):
             if fault == "stall_mid_stream":
-                writer.write(sse_head + b"data: " + chunk + b"\n\n")
+                writer.write(sse_head + chunk)
                 await writer.drain()
             await asyncio.sleep(CASE_SECONDS)
         elif fault == "storm_500":
@@ -90,7 +94,7 @@ class FaultyWorker:
             await writer.drain()
             return True
         elif fault == "reset_mid_stream":
-            writer.write(sse_head + b"data: " + chunk + b"\n\n")
+            writer.write(sse_head + chunk)
         await writer.drain()
         return False
 
