@@ -140,3 +140,21 @@ async def test_new_settings_reach_the_running_router(upstream, http):
         async with http.get(url + "/v1/sessions/s1") as resp:
             assert resp.status == 404
         assert root.forwarder._retries.attempts == 0
+
+
+async def test_the_worker_listing_shows_each_workers_load_and_whether_it_is_fresh(upstream, http):
+    load = {"interval": 0.05, "jitter": 0.0, "stale_after": 0.5}
+    async with router(upstream.url, load=load) as (url, root):
+        upstream.root = root
+        async with http.get(url + "/admin/workers", headers=ADMIN) as resp:
+            listed = (await resp.json())["workers"][0]
+        # the upstream has no /metrics: the router's own count stands in, and says so
+        assert listed["load"]["fresh"] is False and listed["load"]["scrape_failures"] >= 0
+        await asyncio.sleep(0.3)
+        async with http.get(url + "/admin/workers", headers=ADMIN) as resp:
+            listed = (await resp.json())["workers"][0]
+        assert listed["load"]["scrape_failures"] >= 2, listed
+        async with http.get(url + "/metrics") as resp:
+            text = await resp.text()
+        assert 'kvrouter_worker_load_fresh{worker="w0"} 0.0' in text
+        assert 'kvrouter_load_scrape_failures_total{worker="w0"}' in text
