@@ -189,7 +189,7 @@ class SaturationSettings(BaseModel):
     kv_usage: float = Field(default=0.95, gt=0, le=1.0)
     hold: float = Field(default=0.5, ge=0, le=60)
     floor: int = Field(
-        default=8, ge=0, le=100_000,
+        default=32, ge=0, le=100_000,
         description="never spill by in-flight count below this many requests per worker",
     )  # fmt: skip
 

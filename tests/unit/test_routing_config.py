@@ -24,7 +24,7 @@ def test_every_policy_is_chosen_by_name(policy):
 def test_defaults_are_cost_aware_with_pins_kept_until_idle():
     routing = parse_settings(ONE_WORKER).routing
     assert (routing.policy, routing.load_factor) == ("cost_aware", 1.25)
-    assert routing.saturation.floor == 8 and routing.saturation.hold == 0.5
+    assert routing.saturation.floor == 32 and routing.saturation.hold == 0.5
     assert routing.pins.enabled and routing.pins.return_home == "on_expiry"
     assert routing.prefix.enabled and routing.degraded.action == "spread"
 
