@@ -26,7 +26,7 @@ class Clock:
 def setup(policy: str = "bounded_load", store=None, **pins: object):
     pool = WorkerPool(Worker(f"w{i}", f"http://10.0.0.{i}:8000") for i in range(4))
     routing = RoutingSettings.model_validate(
-        {"policy": policy, "slow_start": {"window": 0}, "pins": pins}
+        {"policy": policy, "slow_start": {"window": 0}, "saturation": {"floor": 0}, "pins": pins}
     )
     clock = Clock()
     store = store if store is not None else MemoryStore(clock=clock)
