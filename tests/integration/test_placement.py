@@ -18,6 +18,9 @@ pytestmark = pytest.mark.slow
 SYSTEM = {"role": "system", "content": "You are the release assistant. Answer in one line."}
 
 
+# bounded_load's cap alone (no floor), so a handful of requests in flight already spills
+BOUNDED_NO_FLOOR = {"policy": "bounded_load", "saturation": {"floor": 0}}
+
 async def post(
     http: aiohttp.ClientSession, url: str, body: dict[str, Any], session: str | None = None
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -69,7 +72,7 @@ async def test_a_hot_session_spills_under_bounded_load_within_its_in_flight_boun
     sim_fleet, router_in_process, http
 ):
     fleet: SimFleet = sim_fleet(4, "--decode-ms-per-token", "25", "--prefill-ms-per-token", "0")
-    settings = fleet.settings(routing={"policy": "bounded_load"})
+    settings = fleet.settings(routing=BOUNDED_NO_FLOOR)
     async with router_in_process(settings) as url:
         results = await asyncio.gather(*(streamed(http, url, "agent-1", 24) for _ in range(12)))
         # every answer had begun before any ended: all 12 were in flight at once, so the
@@ -90,7 +93,7 @@ async def test_a_session_spilled_off_its_busy_home_stays_on_the_worker_it_moved_
     sim_fleet, router_in_process, http
 ):
     fleet: SimFleet = sim_fleet(4, "--decode-ms-per-token", "25", "--prefill-ms-per-token", "0")
-    settings = fleet.settings(routing={"policy": "bounded_load"})
+    settings = fleet.settings(routing=BOUNDED_NO_FLOOR)
     async with router_in_process(settings) as url:
         body = chat_body(QUESTION, max_tokens=40, stream=True)  # 1 s of tokens on its home
         async with http.post(
