@@ -32,7 +32,7 @@ from router.orchestrator.history import (
     without_turn,
 )
 from router.orchestrator.persist import Persister
-from router.orchestrator.prune import Budget, build_prompt
+from router.orchestrator.prune import Budget, build_prompt, fit_body
 from router.orchestrator.replies import ReplyCollector
 from router.orchestrator.summary import Summarizer
 from router.orchestrator.tokenizer import Tokenizer
@@ -51,8 +51,11 @@ class Orchestrator:
         summarizer: Summarizer,
         metrics: Metrics,
         store_wait: float = 1.0,
+        *,
+        max_body_bytes: int,
     ) -> None:
         self._settings = settings
+        self._max_body_bytes = max_body_bytes
         self._store_wait = store_wait
         self._store = store
         self._forwarder = forwarder
@@ -99,11 +102,14 @@ class Orchestrator:
         reserve = completion_tokens(document, self._settings)
         budget = Budget(self._settings.max_prompt_tokens, reserve)
         new_tokens = await self._tokenizer.count(new)
-        build_prompt(Conversation(), new, new_tokens, budget)  # an oversized message: 400, unstored
+        frame = len(prompt_body(document, []))
+        alone = build_prompt(Conversation(), new, new_tokens, budget)  # oversized: 400, unstored
+        fit_body(alone, frame, self._max_body_bytes)  # over the body limit: 413, unstored
         entries = [encode_entry(turn, n, m) for m, n in zip(new, new_tokens, strict=True)]
         stored = await self._store_user_turn(tenant, session, f"{turn}:user", entries)
         conversation = self.decode(stored)
         prompt = build_prompt(without_turn(conversation, turn), new, new_tokens, budget)
+        prompt = fit_body(prompt, frame, self._max_body_bytes)
         self._metrics.history_tokens.inc(prompt.history_tokens)
         self._metrics.history_sent_tokens.inc(prompt.tokens)
         self._metrics.pruned_turns.inc(len(prompt.dropped))
