@@ -318,6 +318,13 @@ class TokenizerSettings(BaseModel):
     timeout: PositiveSeconds = 2.0
     per_message_tokens: int = Field(default=4, ge=0, description="chat template overhead")
     fallback: Literal["none", "estimate"] = "none"
+    media_part_tokens: int = Field(
+        default=576, ge=0, description="fixed cost of each non-text content part (an image)"
+    )
+    media_bytes_per_token: int = Field(
+        default=4, ge=1, description="a non-text part also costs its JSON (a data URL) at this "
+        "many bytes a token",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _path_for_huggingface(self) -> TokenizerSettings:

@@ -99,6 +99,7 @@ class Router:
         self.orchestrator = Orchestrator(
             history, self.store, self.forwarder, self.tokenizer, self.persister, self.summarizer,
             metrics, store_wait=2 * settings.store.timeout,
+            max_body_bytes=settings.limits.max_body_bytes,
         )  # fmt: skip
         self.checker = HealthChecker(
             pool, settings.health, self.client, metrics, failures=self.failures

@@ -14,7 +14,7 @@ any defines it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import orjson
@@ -136,6 +136,16 @@ def decode_history(stored: StoredHistory) -> Conversation:
         tuple(folded),
         total,
     )
+
+
+def without_turn(conversation: Conversation, turn: str) -> Conversation:
+    """The conversation without an earlier try of this same turn (a client retry), so the
+    retried messages are not sent twice."""
+    key = orjson.dumps(turn)
+    if not any(t.key == key for t in conversation.turns):
+        return conversation
+    turns = tuple(t for t in conversation.turns if t.key != key)
+    return replace(conversation, turns=turns)
 
 
 def prompt_body(document: dict[str, Any], messages: Sequence[bytes]) -> bytes:

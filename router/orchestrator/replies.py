@@ -1,10 +1,12 @@
 """Collect the assistant's reply from a chat completion relayed to the client, and hold back
 the end of the stream until the reply is stored.
 
-Works on a buffered JSON body or on a server-sent event stream fed chunk by chunk (events may
-be split anywhere); only choice 0 is kept. The reply counts only when the relay finished. The
-stream's closing `data: [DONE]` is held back from the client until `finish` has handed the
-reply on, so a client that sends its next turn as soon as it sees the end reads this one.
+The response's content type decides how it is read, not how the relay framed it: an event
+stream (fed chunk by chunk, events split anywhere) is assembled from its deltas, text and
+tool calls; any other body is collected whole, however many chunks it came in, and parsed as
+JSON. Only choice 0 is kept. The reply counts only when the relay finished. The stream's
+closing `data: [DONE]` is held back from the client until `finish` has handed the reply on,
+so a client that sends its next turn as soon as it sees the end reads this one.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import orjson
 from router.proxy.sse import DONE, EventSplitter, data_of
 
 SSE_DONE = b"data: [DONE]\n\n"
+EVENT_STREAM = "text/event-stream"
 
 
 class ReplyCollector:
     """A `ResponseObserver` that rebuilds the assistant message of a chat completion."""
 
     __slots__ = (
-        "_buffer", "_content", "_events", "_finished", "_held", "_on_finish", "_role",
-        "_status", "_stream",
+        "_body", "_events", "_finished", "_held", "_on_finish", "_status", "_stream", "_streamed",
     )  # fmt: skip
 
     def __init__(
@@ -36,19 +38,18 @@ class ReplyCollector:
         self._finished = False
         self._held = b""
         self._events = EventSplitter()
-        self._buffer: list[bytes] = []
-        self._content: list[str] = []
-        self._role = "assistant"
+        self._body: list[bytes] = []
+        self._streamed = StreamedMessage()
 
-    def start(self, status: int, streaming: bool) -> None:
-        self._status, self._stream = status, streaming
+    def start(self, status: int, content_type: str) -> None:
+        self._status, self._stream = status, content_type == EVENT_STREAM
 
     def feed(self, chunk: bytes) -> bytes:
         """Watch `chunk`; returns what the client may see now (all but a final `[DONE]`)."""
         if not 200 <= self._status < 300:
             return chunk
         if not self._stream:
-            self._buffer.append(chunk)
+            self._body.append(chunk)
             return chunk
         for event in self._events.feed(chunk):
             self._read_event(event)
@@ -73,8 +74,8 @@ class ReplyCollector:
         if self._stream:
             for event in self._events.flush():
                 self._read_event(event)
-            return {"role": self._role, "content": "".join(self._content)}
-        return _message_of(b"".join(self._buffer))
+            return self._streamed.message()
+        return _message_of(b"".join(self._body))
 
     def _read_event(self, event: bytes) -> None:
         for data in data_of(event):
@@ -86,10 +87,54 @@ class ReplyCollector:
                 continue
             delta = _choice0(document).get("delta")
             if isinstance(delta, dict):
-                if isinstance(delta.get("role"), str):
-                    self._role = delta["role"]
-                if isinstance(delta.get("content"), str):
-                    self._content.append(delta["content"])
+                self._streamed.add(delta)
+
+
+class StreamedMessage:
+    """An assistant message assembled from streamed deltas: text concatenated, tool calls
+    merged by `index` as OpenAI streams them (`id`, `function.name` and `function.arguments`
+    concatenated, `type` replaced)."""
+
+    __slots__ = ("_calls", "_content", "_role")
+
+    def __init__(self) -> None:
+        self._role = "assistant"
+        self._content: list[str] = []
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, delta: dict[str, Any]) -> None:
+        if isinstance(delta.get("role"), str):
+            self._role = delta["role"]
+        if isinstance(delta.get("content"), str):
+            self._content.append(delta["content"])
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            for call in calls:
+                if isinstance(call, dict):
+                    self._add_call(call)
+
+    def _add_call(self, piece: dict[str, Any]) -> None:
+        index = piece.get("index", len(self._calls))
+        if not isinstance(index, int):
+            return
+        call = self._calls.setdefault(index, {"id": "", "type": "function", "function": {}})
+        if isinstance(piece.get("id"), str):
+            call["id"] += piece["id"]
+        if isinstance(piece.get("type"), str):
+            call["type"] = piece["type"]
+        function = piece.get("function")
+        if isinstance(function, dict):
+            for key in ("name", "arguments"):
+                if isinstance(function.get(key), str):
+                    call["function"][key] = call["function"].get(key, "") + function[key]
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": self._role, "content": "".join(self._content)}
+        if self._calls:
+            message["tool_calls"] = [self._calls[i] for i in sorted(self._calls)]
+            if not message["content"]:
+                del message["content"]
+        return message
 
 
 def _choice0(document: Any) -> dict[str, Any]:

@@ -7,6 +7,12 @@
 
 A character estimate is used only when `tokenizer.fallback: estimate` declares it, and every
 use of it is logged and counted.
+
+Whatever the tokenizer, a message is counted by everything it sends (`SentCounter`): its role,
+name and text through the tokenizer, any other field (`tool_calls`, `tool_call_id`, ...) as its
+JSON text through the tokenizer too, and each non-text content part (an image) by a rule: a
+fixed cost plus its JSON bytes (a data URL is nearly all of it) at a bytes-per-token ratio, so a
+3 MB image costs what it weighs.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -51,6 +58,74 @@ def message_text(message: Message) -> str:
     return f"{message.get('role', '')}\n{name}\n{content}" if name else (
         f"{message.get('role', '')}\n{content}"
     )  # fmt: skip
+
+
+TEXT_FIELDS = frozenset({"role", "name", "content"})
+TEXT_PART_FIELDS = frozenset({"type", "text"})
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRule:
+    """What a non-text content part costs: `part_tokens`, plus its JSON bytes (for an image
+    with a data URL, the image itself) at `bytes_per_token`."""
+
+    part_tokens: int
+    bytes_per_token: int
+
+    def tokens(self, part: object) -> int:
+        return self.part_tokens + -(-len(orjson.dumps(part)) // self.bytes_per_token)
+
+
+def text_view(message: Message, rule: MediaRule) -> tuple[Message, int]:
+    """What a tokenizer counts of `message`: role, name and its text, followed by the JSON of
+    every other field (and of text parts' other keys); and the tokens of its non-text parts by
+    `rule`."""
+    texts, extras, media = _content(message.get("content"), rule)
+    extras.append({k: v for k, v in message.items() if k not in TEXT_FIELDS})
+    extras = [e for e in extras if e != {}]
+    if extras:
+        texts.append("\n" + orjson.dumps(extras[0] if len(extras) == 1 else extras).decode())
+    view: Message = {"role": message.get("role", ""), "content": "".join(texts)}
+    if message.get("name"):
+        view["name"] = message["name"]
+    return view, media
+
+
+def _content(content: object, rule: MediaRule) -> tuple[list[str], list[Any], int]:
+    """The texts of a message's content, what else it carries, and its media tokens."""
+    if isinstance(content, str):
+        return [content], [], 0
+    if not isinstance(content, list):
+        return [], [] if content is None else [content], 0
+    texts: list[str] = []
+    extras: list[Any] = []
+    media = 0
+    for part in content:
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+            extras.append({k: v for k, v in part.items() if k not in TEXT_PART_FIELDS})
+        else:
+            media += rule.tokens(part)
+    return texts, extras, media
+
+
+class SentCounter:
+    """Counts every part of a message that is sent (see the module's docstring): the text
+    view through `inner`, plus the non-text parts by `rule`."""
+
+    def __init__(self, inner: Tokenizer, rule: MediaRule) -> None:
+        self.name = inner.name
+        self._inner = inner
+        self._rule = rule
+
+    @property
+    def started(self) -> bool:
+        return getattr(self._inner, "started", True)
+
+    async def count(self, messages: Sequence[Message]) -> list[int]:
+        views = [text_view(m, self._rule) for m in messages]
+        counts = await self._inner.count([view for view, _ in views])
+        return [n + media for n, (_, media) in zip(counts, views, strict=True)]
 
 
 class LocalTokenizer:
@@ -165,7 +240,7 @@ def make_tokenizer(
     calls: WorkerCalls,
 ) -> Tokenizer:
     """The tokenizer `history.tokenizer` names (local ones load on first use), wrapped in the
-    estimate fallback if declared."""
+    estimate fallback if declared, counting every part of a message that is sent."""
     tokenizer: Tokenizer
     overhead = settings.per_message_tokens
     if settings.kind == "bpe":
@@ -181,8 +256,10 @@ def make_tokenizer(
         tokenizer = WorkerTokenizer(session, calls, settings.timeout)
     if settings.fallback == "estimate":
         log.warning("history.tokenizer.fallback: estimate is declared; its uses are logged")
-        return EstimateFallback(tokenizer, metrics, settings.per_message_tokens)
-    return tokenizer
+        tokenizer = EstimateFallback(tokenizer, metrics, settings.per_message_tokens)
+    return SentCounter(
+        tokenizer, MediaRule(settings.media_part_tokens, settings.media_bytes_per_token)
+    )
 
 
 class ConfiguredTokenizer:

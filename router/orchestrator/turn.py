@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from router.config import HistorySettings
@@ -27,9 +29,10 @@ from router.orchestrator.history import (
     decode_history,
     encode_entry,
     prompt_body,
+    without_turn,
 )
 from router.orchestrator.persist import Persister
-from router.orchestrator.prune import Budget, build_prompt
+from router.orchestrator.prune import Budget, build_prompt, fit_body
 from router.orchestrator.replies import ReplyCollector
 from router.orchestrator.summary import Summarizer
 from router.orchestrator.tokenizer import Tokenizer
@@ -48,8 +51,11 @@ class Orchestrator:
         summarizer: Summarizer,
         metrics: Metrics,
         store_wait: float = 1.0,
+        *,
+        max_body_bytes: int,
     ) -> None:
         self._settings = settings
+        self._max_body_bytes = max_body_bytes
         self._store_wait = store_wait
         self._store = store
         self._forwarder = forwarder
@@ -85,21 +91,25 @@ class Orchestrator:
     async def handle(
         self, request: web.Request, out: Outgoing, document: dict[str, Any]
     ) -> web.StreamResponse:
-        tenant, session, turn = out.key.tenant, out.key.session, out.request_id
+        tenant, session = out.key.tenant, out.key.session
         if session is None:
             raise BadRequest(
                 "server-kept history needs a session id (x-session-id header, kvrouter_session "
                 "cookie, metadata.session_id or session_id query by default)"
             )
         new = new_messages(document)
+        turn = turn_id(tenant, session, client_id(request), new) or out.request_id
         reserve = completion_tokens(document, self._settings)
         budget = Budget(self._settings.max_prompt_tokens, reserve)
         new_tokens = await self._tokenizer.count(new)
-        build_prompt(Conversation(), new, new_tokens, budget)  # an oversized message: 400, unstored
+        frame = len(prompt_body(document, []))
+        alone = build_prompt(Conversation(), new, new_tokens, budget)  # oversized: 400, unstored
+        fit_body(alone, frame, self._max_body_bytes)  # over the body limit: 413, unstored
         entries = [encode_entry(turn, n, m) for m, n in zip(new, new_tokens, strict=True)]
         stored = await self._store_user_turn(tenant, session, f"{turn}:user", entries)
         conversation = self.decode(stored)
-        prompt = build_prompt(conversation, new, new_tokens, budget)
+        prompt = build_prompt(without_turn(conversation, turn), new, new_tokens, budget)
+        prompt = fit_body(prompt, frame, self._max_body_bytes)
         self._metrics.history_tokens.inc(prompt.history_tokens)
         self._metrics.history_sent_tokens.inc(prompt.tokens)
         self._metrics.pruned_turns.inc(len(prompt.dropped))
@@ -141,6 +151,30 @@ class Orchestrator:
             await asyncio.wait([write], timeout=self._store_wait)
 
         return record
+
+
+CLIENT_ID_HEADERS = ("Idempotency-Key", "x-request-id")
+
+
+def client_id(request: web.Request) -> str | None:
+    """The id the client (or a gateway) gave this request: `Idempotency-Key`, else
+    `x-request-id`."""
+    for header in CLIENT_ID_HEADERS:
+        value = request.headers.get(header)
+        if value:
+            return value
+    return None
+
+
+def turn_id(tenant: str, session: str, client: str | None, new: list[Message]) -> str | None:
+    """The id of this turn (its entries' group and its appends' operation ids): a digest of the
+    session, the client's id and the canonical new messages, so a retry of the same turn is
+    stored once and a reused id with other messages is another turn. None without a client
+    id: each request is then its own turn."""
+    if client is None:
+        return None
+    canonical = orjson.dumps([tenant, session, client, new], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()[:32]
 
 
 def new_messages(document: dict[str, Any]) -> list[Message]:

@@ -36,11 +36,12 @@ BUFFER_LIMIT = 1024 * 1024
 class ResponseObserver(Protocol):
     """Watches the answer relayed to the client and may hold part of it back.
 
-    `feed` gets each body chunk and returns what to send now; `finish` is awaited once the
-    whole answer is known, before the client sees it end, and returns what was held back.
-    Neither is called for a response that broke."""
+    `start` gets the status and the media type (`text/event-stream`, `application/json`,
+    ...), whatever the relay's framing; `feed` gets each body chunk and returns what to send
+    now; `finish` is awaited once the whole answer is known, before the client sees it end,
+    and returns what was held back. Neither is called for a response that broke."""
 
-    def start(self, status: int, streaming: bool) -> None: ...
+    def start(self, status: int, content_type: str) -> None: ...
 
     def feed(self, chunk: bytes) -> bytes: ...
 
@@ -92,7 +93,7 @@ class Relay:
         streaming = upstream.content_type == "text/event-stream"
         buffered = not streaming and length is not None and length <= BUFFER_LIMIT
         if observer is not None:
-            observer.start(upstream.status, not buffered)
+            observer.start(upstream.status, upstream.content_type)
         try:
             if buffered:
                 return await self._buffered(answer, headers)

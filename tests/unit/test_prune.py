@@ -1,12 +1,20 @@
-"""Pruning to the token budget: plain values, no I/O."""
+"""Pruning to the token budget and the body limit: plain values, no I/O."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
-from router.orchestrator.history import decode_history, encode_entry
-from router.orchestrator.prune import REPLY_PRIMING_TOKENS, Budget, PromptTooLarge, build_prompt
+from router.errors import PayloadTooLarge
+from router.orchestrator.history import decode_history, encode_entry, prompt_body
+from router.orchestrator.prune import (
+    REPLY_PRIMING_TOKENS,
+    Budget,
+    PromptTooLarge,
+    body_size,
+    build_prompt,
+    fit_body,
+)
 from router.store import StoredHistory
 
 
@@ -99,3 +107,34 @@ def test_the_summary_follows_the_system_prompt_and_folded_turns_are_not_resent()
         "be brief", "Summary of the earlier conversation: they said hello", "q2", "a2", "q3",
     ]  # fmt: skip
     assert prompt.dropped == ()
+
+
+def test_body_size_is_the_length_of_the_forwarded_body():
+    document = {"model": "m", "messages": [], "max_tokens": 5}
+    messages = [orjson.dumps({"role": "user", "content": c}) for c in ("a", "bb", "ccc")]
+    frame = len(prompt_body(document, []))
+    assert body_size(frame, messages) == len(prompt_body(document, messages))
+    assert body_size(frame, []) == frame
+
+
+def test_oldest_turns_are_dropped_until_the_body_fits_keeping_system_and_new():
+    history = conversation(turn(0, system=True), turn(1), turn(2))
+    new = [{"role": "user", "content": "q3"}]
+    prompt = build_prompt(history, new, [10], Budget(1000, 100))
+    whole = body_size(0, prompt.messages)
+    one_byte_short = whole - 1
+    fitted = fit_body(prompt, 0, one_byte_short)
+    assert contents(fitted) == ["be brief", "q1", "a1", "q2", "a2", "q3"]
+    assert [t.id for t in fitted.dropped] == ["t0"]
+    assert fitted.tokens == prompt.tokens - 20
+    assert body_size(0, fitted.messages) <= one_byte_short
+    assert fit_body(prompt, 0, whole) is prompt
+
+
+def test_the_system_prompt_and_new_messages_alone_over_the_body_limit_are_a_413():
+    history = conversation(turn(0, system=True), turn(1))
+    prompt = build_prompt(history, [{"role": "user", "content": "q2"}], [10], Budget(1000, 100))
+    alone = body_size(0, [prompt.messages[0], prompt.messages[-1]])
+    assert contents(fit_body(prompt, 0, alone)) == ["be brief", "q2"]
+    with pytest.raises(PayloadTooLarge, match=r"limits\.max_body_bytes"):
+        fit_body(prompt, 0, alone - 1)

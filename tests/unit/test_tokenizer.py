@@ -9,7 +9,13 @@ import pytest
 from router.config import TokenizerSettings
 from router.errors import ConfigError
 from router.metrics import Metrics
-from router.orchestrator.tokenizer import bpe_tokenizer, huggingface_tokenizer, make_tokenizer
+from router.orchestrator.tokenizer import (
+    MediaRule,
+    SentCounter,
+    bpe_tokenizer,
+    huggingface_tokenizer,
+    make_tokenizer,
+)
 
 
 @pytest.mark.parametrize(
@@ -39,6 +45,40 @@ async def test_content_parts_count_their_text():
     assert await tokenizer.count([{"role": "user", "content": parts}]) == await tokenizer.count(
         [{"role": "user", "content": "hello world"}]
     )
+
+
+def sent_counter() -> SentCounter:
+    return SentCounter(bpe_tokenizer("cl100k_base", per_message=4), MediaRule(576, 4))
+
+
+async def test_an_image_costs_a_fixed_amount_plus_what_its_data_weighs():
+    counter = sent_counter()
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 4000}}
+    text = {"role": "user", "content": [{"type": "text", "text": "look"}]}
+    with_image = {"role": "user", "content": [{"type": "text", "text": "look"}, image]}
+    [plain, seen] = await counter.count([text, with_image])
+    assert seen - plain == 576 + -(-len(json.dumps(image, separators=(",", ":"))) // 4)
+    assert seen - plain > 1000
+
+
+async def test_tool_calls_and_other_fields_are_counted_as_their_json_text():
+    counter = sent_counter()
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}  # fmt: skip
+    [bare, with_call] = await counter.count(
+        [{"role": "assistant", "content": ""}, {"role": "assistant", "tool_calls": [call]}]
+    )
+    assert with_call - bare >= 15
+    [answer] = await counter.count([{"role": "tool", "tool_call_id": "x" * 400, "content": "ok"}])
+    assert answer > 50, "an extra field is counted"
+
+
+async def test_plain_text_messages_count_as_the_tokenizer_counts_them():
+    plain = [{"role": "user", "content": "hello world"}, {"role": "user", "name": "bo",
+                                                          "content": "hi"}]  # fmt: skip
+    assert await sent_counter().count(plain) == await bpe_tokenizer(
+        "cl100k_base", per_message=4
+    ).count(plain)
 
 
 def write_tokenizer_json(path) -> None:
