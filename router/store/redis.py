@@ -120,6 +120,11 @@ class RedisStore:
         assert settings.url is not None
         self._settings = settings
         self.where = _describe(settings.url)
+        # The retry and the protocol are the pool's, not the client's: a client given a pool
+        # ignores its own `retry`. One retry on a fresh connection covers a pooled connection
+        # that died with the server. RESP2 keeps the pool's check, on every checkout, that the
+        # server has not closed the connection (redis-py skips it under RESP3's maintenance
+        # notifications), so a restart does not hand every waiting call a dead connection.
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.url,
             max_connections=settings.pool_size,
@@ -127,8 +132,10 @@ class RedisStore:
             socket_timeout=settings.timeout,
             socket_connect_timeout=settings.timeout,
             health_check_interval=10,
+            retry=Retry(NoBackoff(), 1),
+            protocol=2,
         )
-        self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._append = self._redis.register_script(_APPEND)
         self._set_summary = self._redis.register_script(_SET_SUMMARY)
         self._read = self._redis.register_script(_READ)

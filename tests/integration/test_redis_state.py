@@ -97,6 +97,26 @@ async def test_a_write_given_up_after_the_deadline_is_counted_and_logged(
     assert "lost after retrying" in caplog.text
 
 
+async def test_a_burst_right_after_a_restart_finds_no_stale_connection(own_redis: RedisServer):
+    store = RedisStore(StoreSettings(url=own_redis.url, timeout=0.5))
+
+    async def burst(tag: str) -> list[BaseException]:
+        results = await asyncio.gather(
+            *(store.read_and_append_history("t", f"s{i}", f"{tag}-{i}:user", [b'"x"'])
+              for i in range(12)),
+            return_exceptions=True,
+        )  # fmt: skip
+        return [r for r in results if isinstance(r, BaseException)]
+
+    try:
+        assert await burst("warm") == []  # twelve pooled connections
+        own_redis.kill()
+        own_redis.start()  # returns once PING succeeds
+        assert await burst("after") == []
+    finally:
+        await store.close()
+
+
 @pytest.mark.slow
 async def test_racing_turns_through_two_routers_are_each_stored_once_in_arrival_order(
     sim_fleet, router_process, http, shared_redis_url, redis_prefix
