@@ -157,6 +157,12 @@ class Metrics:
             "History writes given up after retrying until the deadline (logged as errors).",
             ["op"], registry=r,
         )  # fmt: skip
+        self.store_evictions = Counter(
+            f"{p}_store_evictions_total",
+            "Live histories (kind=history) and pins (kind=pin) the in-memory store dropped, least "
+            "recently used first, to stay within store.max_sessions and store.max_pins.",
+            ["kind"], registry=r,
+        )  # fmt: skip
         self.tokenizer_fallbacks = Counter(
             f"{p}_tokenizer_fallbacks_total",
             "Messages counted by the declared estimate because the tokenizer failed.",

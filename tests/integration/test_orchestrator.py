@@ -300,3 +300,23 @@ async def test_a_reply_is_recorded_only_when_its_stream_completes(
     first, second = document["turns"]
     assert contents(first["messages"]) == ["first"] and not first["complete"]
     assert [m["role"] for m in second["messages"]] == ["user", "assistant"]
+
+
+async def metric(http, url: str, name: str, **labels: str) -> float:
+    async with http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_the_in_memory_store_counts_the_sessions_it_evicts(upstream, router_in_process, http):
+    store = {"max_sessions": 1}
+    async with router_in_process(settings_for(upstream.url, store=store)) as url:
+        for session in ("a", "b", "c"):
+            assert (await say(http, url, session, "hi"))[0] == 200
+        assert (await stored(http, url, "a"))[0] == 404
+        assert (await stored(http, url, "c"))[0] == 200
+        assert await metric(http, url, "kvrouter_store_evictions_total", kind="history") == 2
