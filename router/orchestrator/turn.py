@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from router.config import HistorySettings
-from router.errors import BadRequest, HistoryUnavailable
+from router.errors import BadRequest, HistoryUnavailable, PayloadTooLarge
 from router.metrics import Metrics
 from router.orchestrator.history import (
     Conversation,
@@ -34,7 +34,7 @@ from router.orchestrator.replies import ReplyCollector
 from router.orchestrator.summary import Summarizer
 from router.orchestrator.tokenizer import Tokenizer
 from router.proxy.forward import Forwarder, Outgoing
-from router.store import SessionStore, StoredHistory, StoreUnavailable
+from router.store import SessionStore, SessionTooLarge, StoredHistory, StoreUnavailable
 
 
 class Orchestrator:
@@ -115,13 +115,18 @@ class Orchestrator:
         self, tenant: str, session: str, op_id: str, entries: list[bytes]
     ) -> StoredHistory:
         """Store the new messages and read the history before them in one round trip, the
-        only store call before forwarding; a store that cannot take them is a 503 naming it."""
+        only store call before forwarding; a store that cannot take them is a 503 naming it,
+        a session with no room for them a 413 naming the limit."""
         try:
             with self._metrics.store_call("read_append", self._store.name):
                 return await self._store.read_and_append_history(tenant, session, op_id, entries)
         except StoreUnavailable as err:
             self._metrics.persist_failures.labels("user").inc()
             raise HistoryUnavailable(str(err)) from None
+        except SessionTooLarge as err:
+            raise PayloadTooLarge(
+                f"{err}; start a new session or delete this one (DELETE /v1/sessions/{session})"
+            ) from None
 
     def _reply_recorder(
         self, tenant: str, session: str, turn: str

@@ -3,7 +3,7 @@
 from collections.abc import Callable
 
 from router.config import StoreSettings
-from router.store.base import SessionStore, StoredHistory, StoreUnavailable
+from router.store.base import SessionStore, SessionTooLarge, StoredHistory, StoreUnavailable
 from router.store.memory import MemoryStore
 
 
@@ -21,8 +21,16 @@ def make_store(
         history_ttl=settings.history_ttl,
         max_messages=settings.max_messages,
         max_sessions=settings.max_sessions,
+        max_session_bytes=settings.max_session_bytes,
         on_evict=on_evict,
     )
 
 
-__all__ = ["MemoryStore", "SessionStore", "StoreUnavailable", "StoredHistory", "make_store"]
+__all__ = [
+    "MemoryStore",
+    "SessionStore",
+    "SessionTooLarge",
+    "StoreUnavailable",
+    "StoredHistory",
+    "make_store",
+]

@@ -9,6 +9,7 @@ at a time, each counted through `on_evict(kind)` and logged at most once a minut
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from router.store.base import StoredHistory
+from router.store.base import SessionTooLarge, StoredHistory
 from router.store.keys import trim_slack
 
 log = logging.getLogger("kvrouter.store")
@@ -30,12 +31,15 @@ EVICTION_LOG_INTERVAL = 60.0
 
 @dataclass(slots=True)
 class _Conversation:
+    """One session's history; `size` counts its bytes as `store.max_session_bytes` does."""
+
     expires: float
     entries: list[bytes] = field(default_factory=list)
     ops: set[str] = field(default_factory=set)
     trimmed: int = 0
     summary: bytes | None = None
     summary_through: int = -1
+    size: int = 0
 
 
 @dataclass(slots=True)
@@ -141,9 +145,11 @@ class MemoryStore:
         history_ttl: float = 24 * 3600.0,
         max_messages: int = 4096,
         max_sessions: int = 100_000,
+        max_session_bytes: int = 8 * 1024 * 1024,
         on_evict: Callable[[str], None] | None = None,
     ):
         self._clock = clock
+        self._max_bytes = max_session_bytes
         self._pins: _Recent[tuple[str, str], _Pin] = _Recent(max_pins, lambda p: p.expires)
         self._ttl = history_ttl
         self._max_messages = max_messages
@@ -183,20 +189,37 @@ class MemoryStore:
         self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
     ) -> int:
         conversation = self._live(tenant, session)
+        fresh = conversation is None
         if conversation is None:
             conversation = _Conversation(0.0)
-            now = self._clock()
-            evicted = self._sessions.put((tenant, session), conversation, now)
-            self._evictions.evicted("history", evicted)
-        conversation.expires = self._clock() + self._ttl
         if op_id not in conversation.ops:
+            drop, freed = self._admit(session, conversation, entries)
             conversation.ops.add(op_id)
             conversation.entries.extend(entries)
-            excess = len(conversation.entries) - self._max_messages
-            if excess > trim_slack(self._max_messages):
-                del conversation.entries[:excess]
-                conversation.trimmed += excess
+            conversation.size += sum(len(e) + 1 for e in entries) - freed
+            if drop:
+                del conversation.entries[:drop]
+                conversation.trimmed += drop
+        if fresh:
+            evicted = self._sessions.put((tenant, session), conversation, self._clock())
+            self._evictions.evicted("history", evicted)
+        conversation.expires = self._clock() + self._ttl
         return conversation.trimmed + len(conversation.entries)
+
+    def _admit(
+        self, session: str, conversation: _Conversation, entries: Sequence[bytes]
+    ) -> tuple[int, int]:
+        """The entries the append trims (count, bytes) to stay within `max_messages`;
+        `SessionTooLarge` if the session would still pass its byte limit."""
+        adding = sum(len(e) + 1 for e in entries)
+        drop = len(conversation.entries) + len(entries) - self._max_messages
+        if drop <= trim_slack(self._max_messages):
+            drop = 0
+        dropped = itertools.islice(itertools.chain(conversation.entries, entries), drop)
+        freed = sum(len(e) + 1 for e in dropped)
+        if conversation.size + adding - freed > self._max_bytes:
+            raise SessionTooLarge(session, conversation.size, adding, self._max_bytes, freed)
+        return drop, freed
 
     async def read_and_append_history(
         self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
@@ -209,7 +232,11 @@ class MemoryStore:
         conversation = self._live(tenant, session)
         if conversation is None or through <= conversation.summary_through:
             return False
+        old = len(conversation.summary or b"")
+        if conversation.size + len(summary) - old > self._max_bytes:
+            raise SessionTooLarge(session, conversation.size, len(summary), self._max_bytes, old)
         conversation.summary, conversation.summary_through = summary, through
+        conversation.size += len(summary) - old
         return True
 
     async def forget(self, tenant: str, session: str) -> bool:

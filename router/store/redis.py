@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from router.config import StoreSettings
-from router.store.base import StoredHistory, StoreUnavailable
+from router.store.base import SessionTooLarge, StoredHistory, StoreUnavailable
 from router.store.keys import session_keys, trim_slack
 
 log = logging.getLogger("kvrouter.store")
@@ -29,28 +29,48 @@ log = logging.getLogger("kvrouter.store")
 T = TypeVar("T")
 
 # KEYS: history blob, applied op ids, meta hash, entry lengths. ARGV: op id, ttl ms, cap, slack,
-# entries. The history is one string of newline-terminated entries, so a read is one GET.
+# byte limit, entries. The history is one string of newline-terminated entries, so a read is one
+# GET. The meta hash keeps `bytes`, what counts against the byte limit (entries with their
+# newline, and the summary); a session stored before it existed is measured once.
+# An append that would not fit is refused whole: KVR_FULL <held> <adding> <freed by the trim>.
 _APPEND_BODY = """
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 and #ARGV > 4 then
-  for i = 5, #ARGV do
+local n = redis.call('LLEN', KEYS[4])
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
+  local adding = 0
+  for i = 6, #ARGV do adding = adding + #ARGV[i] + 1 end
+  local held = tonumber(redis.call('HGET', KEYS[3], 'bytes'))
+  if not held then
+    held = redis.call('STRLEN', KEYS[1]) + redis.call('HSTRLEN', KEYS[3], 'summary')
+  end
+  local cap, total = tonumber(ARGV[3]), n + #ARGV - 5
+  local drop, freed = 0, 0
+  if total > cap + tonumber(ARGV[4]) then
+    drop = total - cap
+    local old = math.min(drop, n)
+    if old > 0 then
+      for _, len in ipairs(redis.call('LRANGE', KEYS[4], 0, old - 1)) do
+        freed = freed + tonumber(len)
+      end
+    end
+    for i = 6, 5 + drop - old do freed = freed + #ARGV[i] + 1 end
+  end
+  if held + adding - freed > tonumber(ARGV[5]) then
+    return redis.error_reply('KVR_FULL ' .. held .. ' ' .. adding .. ' ' .. freed)
+  end
+  redis.call('SADD', KEYS[2], ARGV[1])
+  for i = 6, #ARGV do
     redis.call('APPEND', KEYS[1], ARGV[i] .. '\\n')
     redis.call('RPUSH', KEYS[4], #ARGV[i] + 1)
   end
+  if drop > 0 then
+    redis.call('LTRIM', KEYS[4], drop, -1)
+    redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], freed, -1))
+    redis.call('HINCRBY', KEYS[3], 'trimmed', drop)
+  end
+  redis.call('HSET', KEYS[3], 'bytes', held + adding - freed)
+  n = total - drop
 end
 redis.call('HSETNX', KEYS[3], 'trimmed', 0)
-local n = redis.call('LLEN', KEYS[4])
-local cap = tonumber(ARGV[3])
-if n > cap + tonumber(ARGV[4]) then
-  local drop = n - cap
-  local bytes = 0
-  for _, len in ipairs(redis.call('LRANGE', KEYS[4], 0, drop - 1)) do
-    bytes = bytes + tonumber(len)
-  end
-  redis.call('LTRIM', KEYS[4], drop, -1)
-  redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], bytes, -1))
-  redis.call('HINCRBY', KEYS[3], 'trimmed', drop)
-  n = cap
-end
 local ttl = tonumber(ARGV[2])
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
 """
@@ -67,11 +87,18 @@ local meta = redis.call('HMGET', KEYS[2], 'trimmed', 'summary', 'through')
 return {redis.call('GET', KEYS[1]), meta[1], meta[2], meta[3]}
 """
 
+# KEYS: meta hash, history blob. ARGV: summary, through, byte limit.
 _SET_SUMMARY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local through = tonumber(redis.call('HGET', KEYS[1], 'through') or '-1')
 if tonumber(ARGV[2]) <= through then return 0 end
-redis.call('HSET', KEYS[1], 'summary', ARGV[1], 'through', ARGV[2])
+local old = redis.call('HSTRLEN', KEYS[1], 'summary')
+local held = tonumber(redis.call('HGET', KEYS[1], 'bytes'))
+if not held then held = redis.call('STRLEN', KEYS[2]) + old end
+if held + #ARGV[1] - old > tonumber(ARGV[3]) then
+  return redis.error_reply('KVR_FULL ' .. held .. ' ' .. #ARGV[1] .. ' ' .. old)
+end
+redis.call('HSET', KEYS[1], 'summary', ARGV[1], 'through', ARGV[2], 'bytes', held + #ARGV[1] - old)
 return 1
 """
 
@@ -146,20 +173,36 @@ class RedisStore:
     def _keys(self, tenant: str, session: str) -> dict[str, str]:
         return session_keys(self._settings.key_prefix, tenant, session)
 
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, call: Callable[[], Awaitable[T]], session: str = "") -> T:
         if self._backoff.is_open():
             raise StoreUnavailable(f"session store ({self.where}) is unavailable; retrying soon")
         try:
             result = await call()
+        except ResponseError as err:
+            self._refused(err, session)
+            raise self._failed(err) from None
         except (RedisError, OSError, TimeoutError) as err:
-            if not self._backoff.is_open():
-                log.warning("session store (%s) failed: %s", self.where, err or type(err).__name__)
-            self._backoff.failed()
-            raise StoreUnavailable(
-                f"session store ({self.where}) is unavailable: {err or type(err).__name__}"
-            ) from None
+            raise self._failed(err) from None
         self._backoff.succeeded()
         return result
+
+    def _refused(self, err: ResponseError, session: str) -> None:
+        """Raise what a script's refusal means; return if `err` is no refusal."""
+        words = str(err).split()
+        if words[:1] == ["KVR_FULL"]:
+            self._backoff.succeeded()
+            held, adding, freed = (int(w) for w in words[1:4])
+            limit = self._settings.max_session_bytes
+            raise SessionTooLarge(session, held, adding, limit, freed) from None
+
+    def _failed(self, err: BaseException) -> StoreUnavailable:
+        """Open the back-off; the error to raise, naming the store."""
+        if not self._backoff.is_open():
+            log.warning("session store (%s) failed: %s", self.where, err or type(err).__name__)
+        self._backoff.failed()
+        return StoreUnavailable(
+            f"session store ({self.where}) is unavailable: {err or type(err).__name__}"
+        )
 
     async def get_pin(self, tenant: str, session: str) -> str | None:
         key = self._keys(tenant, session)["pin"]
@@ -192,26 +235,29 @@ class RedisStore:
         self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
     ) -> int:
         names, args = self._append_call(tenant, session, op_id, entries)
-        return int(await self._call(lambda: self._append(keys=names, args=args)))
+        return int(await self._call(lambda: self._append(keys=names, args=args), session))
 
     async def read_and_append_history(
         self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
     ) -> StoredHistory:
         names, args = self._append_call(tenant, session, op_id, entries)
-        return _stored(await self._call(lambda: self._read_and_append(keys=names, args=args)))
+        return _stored(
+            await self._call(lambda: self._read_and_append(keys=names, args=args), session)
+        )
 
     def _append_call(
         self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
     ) -> tuple[list[str], list[str | int | bytes]]:
         keys = self._keys(tenant, session)
-        cap = self._settings.max_messages
+        cap, limit = self._settings.max_messages, self._settings.max_session_bytes
         names = [keys["h"], keys["ids"], keys["meta"], keys["lens"]]
-        return names, [op_id, self._ttl_ms, cap, trim_slack(cap), *entries]
+        return names, [op_id, self._ttl_ms, cap, trim_slack(cap), limit, *entries]
 
     async def set_summary(self, tenant: str, session: str, summary: bytes, through: int) -> bool:
-        key = self._keys(tenant, session)["meta"]
-        stored = await self._call(lambda: self._set_summary(keys=[key], args=[summary, through]))
-        return bool(stored)
+        keys = self._keys(tenant, session)
+        names = [keys["meta"], keys["h"]]
+        args = [summary, through, self._settings.max_session_bytes]
+        return bool(await self._call(lambda: self._set_summary(keys=names, args=args), session))
 
     async def forget(self, tenant: str, session: str) -> bool:
         keys = list(self._keys(tenant, session).values())

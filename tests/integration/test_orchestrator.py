@@ -312,6 +312,36 @@ async def metric(http, url: str, name: str, **labels: str) -> float:
     return total
 
 
+async def test_a_turn_that_would_pass_max_session_bytes_is_a_413_naming_the_limit(
+    upstream, router_in_process, http
+):
+    store = {"max_session_bytes": 600}
+    async with router_in_process(settings_for(upstream.url, store=store)) as url:
+        assert (await say(http, url, "s", "hi"))[0] == 200
+        status, body = await say(http, url, "s", "long " * 120)
+        assert status == 413, body
+        error = orjson.loads(body)["error"]
+        assert error["code"] == "payload_too_large", error
+        assert "store.max_session_bytes (600)" in error["message"], error
+        document = (await stored(http, url, "s", turns=1))[1]
+    assert contents(document["messages"]) == ["hi", "reply to hi"]
+    assert len(upstream.prompts) == 1, "the refused turn was not forwarded"
+
+
+async def test_a_reply_that_would_pass_max_session_bytes_is_counted_as_a_lost_write(
+    upstream, router_in_process, http, caplog
+):
+    store = {"max_session_bytes": 600}
+    async with router_in_process(settings_for(upstream.url, store=store)) as url:
+        question = "q" * 300
+        status, body = await say(http, url, "s", question)
+        assert status == 200 and "reply to" in body.decode()
+        document = (await stored(http, url, "s"))[1]
+        assert contents(document["messages"]) == [question]
+        assert await metric(http, url, "kvrouter_history_persist_failures_total", op="reply") == 1
+    assert "store.max_session_bytes" in caplog.text
+
+
 async def test_the_in_memory_store_counts_the_sessions_it_evicts(upstream, router_in_process, http):
     store = {"max_sessions": 1}
     async with router_in_process(settings_for(upstream.url, store=store)) as url:
