@@ -28,6 +28,7 @@ from router.orchestrator.history import (
     encode_entry,
     prompt_body,
 )
+from router.orchestrator.outcome import TurnOutcome, discard_turn
 from router.orchestrator.persist import Persister
 from router.orchestrator.prune import Budget, build_prompt
 from router.orchestrator.replies import ReplyCollector
@@ -106,10 +107,28 @@ class Orchestrator:
         model = str(document.get("model") or "")
         self._summarizer.schedule(tenant, session, model, conversation.summary, prompt.dropped)
         collector = ReplyCollector(self._reply_recorder(tenant, session, turn))
-        body = prompt_body(document, prompt.messages)
-        return await self._forwarder.forward(
-            request, dataclasses.replace(out, body=body, observer=collector)
+        user_op = f"{turn}:user"
+        outcome = TurnOutcome(
+            collector, lambda: discard_turn(self._store, self._metrics, tenant, session, user_op)
         )
+        body = prompt_body(document, prompt.messages)
+        return await self._answer(
+            request, dataclasses.replace(out, body=body, observer=outcome), outcome
+        )
+
+    async def _answer(
+        self, request: web.Request, out: Outgoing, outcome: TurnOutcome
+    ) -> web.StreamResponse:
+        """Forward the turn. An error raised instead of an answer, like an error status, takes
+        the turn back out of the store (see `router.orchestrator.outcome`)."""
+        try:
+            response = await self._forwarder.forward(request, out)
+        except Exception:
+            await outcome.discard()
+            raise
+        if not outcome.succeeded:  # an error answer that broke off before its end
+            await outcome.discard()
+        return response
 
     async def _store_user_turn(
         self, tenant: str, session: str, op_id: str, entries: list[bytes]

@@ -77,7 +77,14 @@ class SessionStore(Protocol):
         self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
     ) -> StoredHistory:
         """`append_history` and the history as it was just before it, in one atomic step (one
-        round trip): how a turn stores its user message before it is forwarded."""
+        round trip): how a turn stores its user message before it is forwarded. A call that
+        raises `StoreUnavailable` never takes effect later (a shared store refuses a write that
+        reaches it after its caller gave up), so a turn refused with a 503 leaves no trace."""
+
+    async def discard_turn(self, tenant: str, session: str, op_id: str) -> bool:
+        """Remove the entries appended under `op_id` and forget the op id, so a retry of it is
+        stored again: how a turn answered with an error leaves no trace. Safe to repeat; a call
+        that raises `StoreUnavailable` never takes effect later. True when entries went."""
 
     async def set_summary(self, tenant: str, session: str, summary: bytes, through: int) -> bool:
         """Store a summary of entries up to absolute index `through`, unless a summary that

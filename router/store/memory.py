@@ -35,6 +35,7 @@ class _Conversation:
 
     expires: float
     entries: list[bytes] = field(default_factory=list)
+    owners: list[str] = field(default_factory=list)  # the op id that appended each entry
     ops: set[str] = field(default_factory=set)
     trimmed: int = 0
     summary: bytes | None = None
@@ -196,9 +197,11 @@ class MemoryStore:
             drop, freed = self._admit(session, conversation, entries)
             conversation.ops.add(op_id)
             conversation.entries.extend(entries)
+            conversation.owners.extend(op_id for _ in entries)
             conversation.size += sum(len(e) + 1 for e in entries) - freed
             if drop:
                 del conversation.entries[:drop]
+                del conversation.owners[:drop]
                 conversation.trimmed += drop
         if fresh:
             evicted = self._sessions.put((tenant, session), conversation, self._clock())
@@ -227,6 +230,23 @@ class MemoryStore:
         before = await self.read_history(tenant, session)
         await self.append_history(tenant, session, op_id, entries)
         return before
+
+    async def discard_turn(self, tenant: str, session: str, op_id: str) -> bool:
+        conversation = self._live(tenant, session)
+        if conversation is None or op_id not in conversation.ops:
+            return False
+        conversation.ops.discard(op_id)
+        owners = conversation.owners
+        gone = [i for i, owner in enumerate(owners) if owner == op_id]
+        if not gone:
+            return False
+        conversation.size -= sum(len(conversation.entries[i]) + 1 for i in gone)
+        kept = [i for i, owner in enumerate(owners) if owner != op_id]
+        conversation.entries = [conversation.entries[i] for i in kept]
+        conversation.owners = [owners[i] for i in kept]
+        through = conversation.summary_through - conversation.trimmed
+        conversation.summary_through -= sum(1 for i in gone if i <= through)
+        return True
 
     async def set_summary(self, tenant: str, session: str, summary: bytes, through: int) -> bool:
         conversation = self._live(tenant, session)

@@ -38,6 +38,8 @@ class ChatUpstream:
         self.prompts.append(messages)
         self.headers.append(dict(request.headers))
         text = f"reply to {messages[-1]['content']}"
+        if "worker error" in text:
+            return web.json_response({"error": {"message": "boom"}}, status=500)
         if not body.get("stream"):
             return web.json_response(completion(text))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -340,6 +342,18 @@ async def test_a_reply_that_would_pass_max_session_bytes_is_counted_as_a_lost_wr
         assert contents(document["messages"]) == [question]
         assert await metric(http, url, "kvrouter_history_persist_failures_total", op="reply") == 1
     assert "store.max_session_bytes" in caplog.text
+
+
+async def test_a_turn_answered_with_a_worker_error_leaves_no_trace(
+    upstream, router_in_process, http
+):
+    async with router_in_process(settings_for(upstream.url)) as url:
+        assert (await say(http, url, "s", "first"))[0] == 200
+        for stream in (False, True):
+            status, _ = await say(http, url, "s", "worker error", stream=stream)
+            assert status == 500
+            document = (await stored(http, url, "s", turns=1))[1]
+            assert contents(document["messages"]) == ["first", "reply to first"], document
 
 
 async def test_the_in_memory_store_counts_the_sessions_it_evicts(upstream, router_in_process, http):

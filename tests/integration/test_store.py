@@ -216,3 +216,40 @@ async def test_trimming_to_max_messages_frees_the_bytes_it_drops(make):
     stored = await store.read_history("t", "s")
     assert stored.entries == tuple(b"%09d" % n for n in range(4, 10))
     assert stored.first_index == 4
+
+
+async def test_discarding_a_turn_removes_only_its_entries_and_a_retry_is_stored_again(make):
+    store = make()
+    await store.append_history("t", "s", "a:user", [entry("a1")])
+    await store.append_history("t", "s", "b:user", [entry("b1"), entry("b2")])
+    await store.append_history("t", "s", "a:reply", [entry("a2")])
+    assert await store.discard_turn("t", "s", "b:user")
+    assert (await store.read_history("t", "s")).entries == (entry("a1"), entry("a2"))
+    assert not await store.discard_turn("t", "s", "b:user"), "safe to repeat"
+    assert not await store.discard_turn("t", "s", "never:user")
+    assert not await store.discard_turn("t", "nobody", "b:user")
+    assert await store.append_history("t", "s", "b:user", [entry("b1"), entry("b2")]) == 4
+    stored = await store.read_history("t", "s")
+    assert stored.entries == (entry("a1"), entry("a2"), entry("b1"), entry("b2"))
+
+
+async def test_a_discarded_turn_gives_its_bytes_back(make):
+    store = make(max_session_bytes=12)
+    await store.append_history("t", "s", "a", [b"aaaaaa"])
+    await store.append_history("t", "s", "b", [b"bbbb"])
+    with pytest.raises(SessionTooLarge):
+        await store.append_history("t", "s", "c", [b"ccc"])
+    assert await store.discard_turn("t", "s", "b")
+    assert await store.append_history("t", "s", "c", [b"ccc"]) == 2
+
+
+async def test_a_discard_keeps_the_summary_on_the_same_messages(make):
+    store = make()
+    await store.append_history("t", "s", "a", [entry("a")])
+    await store.append_history("t", "s", "b", [entry("b")])
+    await store.append_history("t", "s", "c", [entry("c"), entry("d")])
+    assert await store.set_summary("t", "s", b"a to c", 2)
+    assert await store.discard_turn("t", "s", "b")
+    stored = await store.read_history("t", "s")
+    assert stored.entries == (entry("a"), entry("c"), entry("d"))
+    assert stored.summary_through == 1, "the summary still ends at message 'c'"
