@@ -299,6 +299,15 @@ class StoreSettings(BaseModel):
     timeout: PositiveSeconds = 0.5
     pool_size: int = Field(default=64, ge=1)
     write_retry_deadline: PositiveSeconds = 30.0
+    max_session_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1, description="per session: history entries and summary"
+    )
+    max_sessions: int = Field(
+        default=100_000, ge=1, description="in-memory store: histories kept, LRU evicted"
+    )
+    max_pins: int = Field(
+        default=1_000_000, ge=1, description="in-memory store: pins kept, LRU evicted"
+    )
 
     @field_validator("url")
     @classmethod

@@ -122,7 +122,8 @@ class Metrics:
         # Conversation state (the orchestrator mode and the session store).
         self.store_seconds = Histogram(
             f"{p}_store_operation_seconds",
-            "Session store calls by operation (read, append, summary, forget, pin) and store.",
+            "Session store calls by operation (read, append, summary, forget, discard, pin) "
+            "and store.",
             ["op", "store"], buckets=STORE_BUCKETS, registry=r,
         )  # fmt: skip
         self.history_decode_seconds = Histogram(
@@ -154,8 +155,15 @@ class Metrics:
         )  # fmt: skip
         self.persist_failures = Counter(
             f"{p}_history_persist_failures_total",
-            "History writes given up after retrying until the deadline (logged as errors).",
+            "History writes given up, by op: after retrying until the deadline, at once when "
+            "the session has no room, or a failed turn's removal (logged as errors).",
             ["op"], registry=r,
+        )  # fmt: skip
+        self.store_evictions = Counter(
+            f"{p}_store_evictions_total",
+            "Live histories (kind=history) and pins (kind=pin) the in-memory store dropped, least "
+            "recently used first, to stay within store.max_sessions and store.max_pins.",
+            ["kind"], registry=r,
         )  # fmt: skip
         self.tokenizer_fallbacks = Counter(
             f"{p}_tokenizer_fallbacks_total",

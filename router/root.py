@@ -72,7 +72,9 @@ class Router:
         self.passive = PassiveHealth(
             pool, settings.health.passive, metrics, failures=self.failures
         )
-        self.store: SessionStore = make_store(settings.store)
+        self.store: SessionStore = make_store(
+            settings.store, on_evict=lambda kind: metrics.store_evictions.labels(kind).inc()
+        )
         self.loads = Loads(settings.load, settings.routing.saturation)
         self.balancer = Balancer(pool, settings.routing, loads=self.loads)
         self.placement = Placement(self.balancer, self.store, settings.routing.pins, metrics)

@@ -1,5 +1,8 @@
 """History writes off the request path: retried until a deadline, counted, never dropped silently.
 
+A write the session has no room for (`store.max_session_bytes`) is not retried: it is lost at
+once, logged and counted like one given up.
+
 Each write is an append with an operation id, so retrying one whose first try did land (a
 timeout after Redis applied it) stores it once. The entries may be produced by a coroutine (the
 reply's token count may need the worker's tokenizer), which is retried the same way.
@@ -14,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from router.errors import HistoryUnavailable
 from router.metrics import Metrics
-from router.store import SessionStore, StoreUnavailable
+from router.store import SessionStore, SessionTooLarge, StoreUnavailable
 
 log = logging.getLogger("kvrouter.persist")
 
@@ -64,6 +67,11 @@ class Persister:
                     payload = await entries()  # type: ignore[operator]
                 with self._metrics.store_call("append", self._store.name):
                     await self._store.append_history(tenant, session, op_id, payload)
+            except SessionTooLarge as err:  # trying again cannot help
+                self._metrics.persist_failures.labels(op).inc()
+                log.error("history write %s of session %r (tenant %r) lost: %s",
+                          op_id, session, tenant, err)  # fmt: skip
+                return False
             except (StoreUnavailable, HistoryUnavailable) as err:
                 if time.monotonic() + delay > give_up:
                     self._metrics.persist_failures.labels(op).inc()

@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from router.config import HistorySettings
-from router.errors import BadRequest, HistoryUnavailable
+from router.errors import BadRequest, HistoryUnavailable, PayloadTooLarge
 from router.metrics import Metrics
 from router.orchestrator.history import (
     Conversation,
@@ -31,13 +31,14 @@ from router.orchestrator.history import (
     prompt_body,
     without_turn,
 )
+from router.orchestrator.outcome import TurnOutcome, discard_turn
 from router.orchestrator.persist import Persister
 from router.orchestrator.prune import Budget, build_prompt, fit_body
 from router.orchestrator.replies import ReplyCollector
 from router.orchestrator.summary import Summarizer
 from router.orchestrator.tokenizer import Tokenizer
 from router.proxy.forward import Forwarder, Outgoing
-from router.store import SessionStore, StoredHistory, StoreUnavailable
+from router.store import SessionStore, SessionTooLarge, StoredHistory, StoreUnavailable
 
 
 class Orchestrator:
@@ -116,22 +117,45 @@ class Orchestrator:
         model = str(document.get("model") or "")
         self._summarizer.schedule(tenant, session, model, conversation.summary, prompt.dropped)
         collector = ReplyCollector(self._reply_recorder(tenant, session, turn))
-        body = prompt_body(document, prompt.messages)
-        return await self._forwarder.forward(
-            request, dataclasses.replace(out, body=body, observer=collector)
+        user_op = f"{turn}:user"
+        outcome = TurnOutcome(
+            collector, lambda: discard_turn(self._store, self._metrics, tenant, session, user_op)
         )
+        body = prompt_body(document, prompt.messages)
+        return await self._answer(
+            request, dataclasses.replace(out, body=body, observer=outcome), outcome
+        )
+
+    async def _answer(
+        self, request: web.Request, out: Outgoing, outcome: TurnOutcome
+    ) -> web.StreamResponse:
+        """Forward the turn. An error raised instead of an answer, like an error status, takes
+        the turn back out of the store (see `router.orchestrator.outcome`)."""
+        try:
+            response = await self._forwarder.forward(request, out)
+        except Exception:
+            await outcome.discard()
+            raise
+        if not outcome.succeeded:  # an error answer that broke off before its end
+            await outcome.discard()
+        return response
 
     async def _store_user_turn(
         self, tenant: str, session: str, op_id: str, entries: list[bytes]
     ) -> StoredHistory:
         """Store the new messages and read the history before them in one round trip, the
-        only store call before forwarding; a store that cannot take them is a 503 naming it."""
+        only store call before forwarding; a store that cannot take them is a 503 naming it,
+        a session with no room for them a 413 naming the limit."""
         try:
             with self._metrics.store_call("read_append", self._store.name):
                 return await self._store.read_and_append_history(tenant, session, op_id, entries)
         except StoreUnavailable as err:
             self._metrics.persist_failures.labels("user").inc()
             raise HistoryUnavailable(str(err)) from None
+        except SessionTooLarge as err:
+            raise PayloadTooLarge(
+                f"{err}; start a new session or delete this one (DELETE /v1/sessions/{session})"
+            ) from None
 
     def _reply_recorder(
         self, tenant: str, session: str, turn: str

@@ -16,6 +16,21 @@ class StoreUnavailable(Exception):
     """The backing store cannot be reached; the message names the store."""
 
 
+class SessionTooLarge(Exception):
+    """A write would take a session past `store.max_session_bytes`; nothing of it was stored.
+
+    A session's bytes are those of its history entries (one separator each) and its summary,
+    after any trim to `store.max_messages` the write causes; whatever else is stored per session
+    later counts against the same limit."""
+
+    def __init__(self, session: str, held: int, adding: int, limit: int, freed: int = 0) -> None:
+        self.session, self.held, self.adding, self.limit = session, held, adding, limit
+        super().__init__(
+            f"session {session!r} would hold {held + adding - freed} bytes, over "
+            f"store.max_session_bytes ({limit}): it holds {held} and this write adds {adding}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class StoredHistory:
     """A session's history as stored: encoded entries, oldest first.
@@ -55,17 +70,26 @@ class SessionStore(Protocol):
         self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
     ) -> int:
         """Append `entries` atomically after everything already stored, unless `op_id` was
-        appended before; refresh the session's TTL. Returns the absolute entry count."""
+        appended before; refresh the session's TTL. Returns the absolute entry count. Raises
+        `SessionTooLarge`, storing nothing, when they would not fit the session's byte limit."""
 
     async def read_and_append_history(
         self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
     ) -> StoredHistory:
         """`append_history` and the history as it was just before it, in one atomic step (one
-        round trip): how a turn stores its user message before it is forwarded."""
+        round trip): how a turn stores its user message before it is forwarded. A call that
+        raises `StoreUnavailable` never takes effect later (a shared store refuses a write that
+        reaches it after its caller gave up), so a turn refused with a 503 leaves no trace."""
+
+    async def discard_turn(self, tenant: str, session: str, op_id: str) -> bool:
+        """Remove the entries appended under `op_id` and forget the op id, so a retry of it is
+        stored again: how a turn answered with an error leaves no trace. Safe to repeat; a call
+        that raises `StoreUnavailable` never takes effect later. True when entries went."""
 
     async def set_summary(self, tenant: str, session: str, summary: bytes, through: int) -> bool:
         """Store a summary of entries up to absolute index `through`, unless a summary that
-        reaches as far is already stored. True when stored."""
+        reaches as far is already stored. True when stored; `SessionTooLarge` when it would not
+        fit the session's byte limit (in place of the previous summary)."""
 
     async def forget(self, tenant: str, session: str) -> bool:
         """Drop the session's history, summary and pin. True when there was something."""

@@ -5,6 +5,11 @@ so concurrent writers from several routers are serialised by Redis and a retried
 no-op. Every call has a socket timeout; after a connection failure the store fails fast for a
 short, growing back-off and then tries again, so a dead Redis costs requests nothing but the
 error, and the store reconnects by itself when Redis returns.
+
+A turn's user-message write and its discard carry a deadline: three quarters of `store.timeout`
+after they are sent, on Redis's clock. Their script compares it with `TIME` and does nothing
+when late, so a call that timed out while Redis stalled is not applied when Redis resumes: the
+caller's error stands, and nothing it did not acknowledge appears (or goes) later.
 """
 
 from __future__ import annotations
@@ -18,39 +23,72 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from router.config import StoreSettings
-from router.store.base import StoredHistory, StoreUnavailable
+from router.store.base import SessionTooLarge, StoredHistory, StoreUnavailable
 from router.store.keys import session_keys, trim_slack
 
 log = logging.getLogger("kvrouter.store")
 
 T = TypeVar("T")
 
-# KEYS: history blob, applied op ids, meta hash, entry lengths. ARGV: op id, ttl ms, cap, slack,
-# entries. The history is one string of newline-terminated entries, so a read is one GET.
-_APPEND_BODY = """
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 and #ARGV > 4 then
-  for i = 5, #ARGV do
-    redis.call('APPEND', KEYS[1], ARGV[i] .. '\\n')
-    redis.call('RPUSH', KEYS[4], #ARGV[i] + 1)
+# Refuses (KVR_LATE <Redis time>) when Redis's clock is past the deadline (ms, 0: none).
+_LATE = """
+local function late(deadline)
+  if deadline == 0 then return nil end
+  local now = redis.call('TIME')
+  local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+  if ms > deadline then return redis.error_reply('KVR_LATE ' .. ms) end
+end
+"""
+
+# KEYS: history blob, applied op ids, meta hash, entries (each "<bytes> <op id>"). ARGV: op id,
+# ttl ms, cap, slack, byte limit, deadline, entries. The history is one string of
+# newline-terminated entries, so a read is one GET. The meta hash keeps `bytes`, what counts
+# against the byte limit (entries with their newline, and the summary); a session stored before
+# it existed is measured once. An append that would not fit is refused whole:
+# KVR_FULL <held> <adding> <freed by the trim>. One already applied is a no-op, even when late.
+_APPEND_BODY = _LATE + """
+local n = redis.call('LLEN', KEYS[4])
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
+  local refused = late(tonumber(ARGV[6]))
+  if refused then return refused end
+  local adding = 0
+  for i = 7, #ARGV do adding = adding + #ARGV[i] + 1 end
+  local held = tonumber(redis.call('HGET', KEYS[3], 'bytes'))
+  if not held then
+    held = redis.call('STRLEN', KEYS[1]) + redis.call('HSTRLEN', KEYS[3], 'summary')
   end
+  local cap, total = tonumber(ARGV[3]), n + #ARGV - 6
+  local drop, freed = 0, 0
+  if total > cap + tonumber(ARGV[4]) then
+    drop = total - cap
+    local old = math.min(drop, n)
+    if old > 0 then
+      for _, item in ipairs(redis.call('LRANGE', KEYS[4], 0, old - 1)) do
+        freed = freed + tonumber(string.match(item, '^%d+'))
+      end
+    end
+    for i = 7, 6 + drop - old do freed = freed + #ARGV[i] + 1 end
+  end
+  if held + adding - freed > tonumber(ARGV[5]) then
+    return redis.error_reply('KVR_FULL ' .. held .. ' ' .. adding .. ' ' .. freed)
+  end
+  redis.call('SADD', KEYS[2], ARGV[1])
+  for i = 7, #ARGV do
+    redis.call('APPEND', KEYS[1], ARGV[i] .. '\\n')
+    redis.call('RPUSH', KEYS[4], (#ARGV[i] + 1) .. ' ' .. ARGV[1])
+  end
+  if drop > 0 then
+    redis.call('LTRIM', KEYS[4], drop, -1)
+    redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], freed, -1))
+    redis.call('HINCRBY', KEYS[3], 'trimmed', drop)
+  end
+  redis.call('HSET', KEYS[3], 'bytes', held + adding - freed)
+  n = total - drop
 end
 redis.call('HSETNX', KEYS[3], 'trimmed', 0)
-local n = redis.call('LLEN', KEYS[4])
-local cap = tonumber(ARGV[3])
-if n > cap + tonumber(ARGV[4]) then
-  local drop = n - cap
-  local bytes = 0
-  for _, len in ipairs(redis.call('LRANGE', KEYS[4], 0, drop - 1)) do
-    bytes = bytes + tonumber(len)
-  end
-  redis.call('LTRIM', KEYS[4], drop, -1)
-  redis.call('SET', KEYS[1], redis.call('GETRANGE', KEYS[1], bytes, -1))
-  redis.call('HINCRBY', KEYS[3], 'trimmed', drop)
-  n = cap
-end
 local ttl = tonumber(ARGV[2])
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
 """
@@ -67,11 +105,52 @@ local meta = redis.call('HMGET', KEYS[2], 'trimmed', 'summary', 'through')
 return {redis.call('GET', KEYS[1]), meta[1], meta[2], meta[3]}
 """
 
+# KEYS: as for an append. ARGV: op id, ttl ms, deadline. The op's entries are contiguous (one
+# script appended them); the summary keeps covering the same messages. Returns how many went.
+_DISCARD = _LATE + """
+local refused = late(tonumber(ARGV[3]))
+if refused then return refused end
+if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+local first, count, offset, size = 0, 0, 0, 0
+for i, item in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+  local len, op = string.match(item, '^(%d+) ?(.*)$')
+  if op == ARGV[1] then
+    if count == 0 then first = i end
+    count, size = count + 1, size + tonumber(len)
+    redis.call('LSET', KEYS[4], i - 1, '')
+  elseif count == 0 then
+    offset = offset + tonumber(len)
+  end
+end
+if count == 0 then return 0 end
+redis.call('LREM', KEYS[4], count, '')
+local blob = redis.call('GET', KEYS[1]) or ''
+redis.call('SET', KEYS[1], string.sub(blob, 1, offset) .. string.sub(blob, offset + size + 1))
+if redis.call('HEXISTS', KEYS[3], 'bytes') == 1 then
+  redis.call('HINCRBY', KEYS[3], 'bytes', -size)
+end
+local meta = redis.call('HMGET', KEYS[3], 'trimmed', 'through')
+local at, through = tonumber(meta[1] or '0') + first - 1, tonumber(meta[2] or '-1')
+if through >= at then
+  redis.call('HSET', KEYS[3], 'through', through - math.min(count, through - at + 1))
+end
+local ttl = tonumber(ARGV[2])
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+return count
+"""
+
+# KEYS: meta hash, history blob. ARGV: summary, through, byte limit.
 _SET_SUMMARY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local through = tonumber(redis.call('HGET', KEYS[1], 'through') or '-1')
 if tonumber(ARGV[2]) <= through then return 0 end
-redis.call('HSET', KEYS[1], 'summary', ARGV[1], 'through', ARGV[2])
+local old = redis.call('HSTRLEN', KEYS[1], 'summary')
+local held = tonumber(redis.call('HGET', KEYS[1], 'bytes'))
+if not held then held = redis.call('STRLEN', KEYS[2]) + old end
+if held + #ARGV[1] - old > tonumber(ARGV[3]) then
+  return redis.error_reply('KVR_FULL ' .. held .. ' ' .. #ARGV[1] .. ' ' .. old)
+end
+redis.call('HSET', KEYS[1], 'summary', ARGV[1], 'through', ARGV[2], 'bytes', held + #ARGV[1] - old)
 return 1
 """
 
@@ -93,6 +172,18 @@ class _Backoff:
 
     def succeeded(self) -> None:
         self._delay, self.open_until = self._base, 0.0
+
+
+class _Late(Exception):
+    """A script refused its write: Redis ran it after its deadline (`redis_ms`, Redis's clock)."""
+
+    def __init__(self, redis_ms: int) -> None:
+        super().__init__("it answered too late for store.timeout; the write was not applied")
+        self.redis_ms = redis_ms
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _describe(url: str) -> str:
@@ -120,6 +211,11 @@ class RedisStore:
         assert settings.url is not None
         self._settings = settings
         self.where = _describe(settings.url)
+        # The retry and the protocol are the pool's, not the client's: a client given a pool
+        # ignores its own `retry`. One retry on a fresh connection covers a pooled connection
+        # that died with the server. RESP2 keeps the pool's check, on every checkout, that the
+        # server has not closed the connection (redis-py skips it under RESP3's maintenance
+        # notifications), so a restart does not hand every waiting call a dead connection.
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.url,
             max_connections=settings.pool_size,
@@ -127,32 +223,83 @@ class RedisStore:
             socket_timeout=settings.timeout,
             socket_connect_timeout=settings.timeout,
             health_check_interval=10,
+            retry=Retry(NoBackoff(), 1),
+            protocol=2,
         )
-        self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._append = self._redis.register_script(_APPEND)
         self._set_summary = self._redis.register_script(_SET_SUMMARY)
         self._read = self._redis.register_script(_READ)
         self._read_and_append = self._redis.register_script(_READ_AND_APPEND)
+        self._discard = self._redis.register_script(_DISCARD)
         self._ttl_ms = int(settings.history_ttl * 1000)
+        self._budget_ms = int(settings.timeout * 750)
+        self._clock_offset_ms = 0  # Redis's clock minus ours, once a refusal has shown it
         self._backoff = _Backoff()
 
     def _keys(self, tenant: str, session: str) -> dict[str, str]:
         return session_keys(self._settings.key_prefix, tenant, session)
 
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, call: Callable[[], Awaitable[T]], session: str = "") -> T:
         if self._backoff.is_open():
             raise StoreUnavailable(f"session store ({self.where}) is unavailable; retrying soon")
         try:
             result = await call()
+        except ResponseError as err:
+            self._refused(err, session)
+            raise self._failed(err) from None
         except (RedisError, OSError, TimeoutError) as err:
-            if not self._backoff.is_open():
-                log.warning("session store (%s) failed: %s", self.where, err or type(err).__name__)
-            self._backoff.failed()
-            raise StoreUnavailable(
-                f"session store ({self.where}) is unavailable: {err or type(err).__name__}"
-            ) from None
+            raise self._failed(err) from None
         self._backoff.succeeded()
         return result
+
+    async def _before_deadline(
+        self, call: Callable[[int], Awaitable[T]], session: str, *, first: bool = True
+    ) -> T:
+        """Run a write that takes effect before its caller gives up or never: `call` is given
+        the deadline its script checks (Redis's clock). A refusal that came back before the
+        deadline could have passed shows Redis's clock runs ahead of ours: allow for it and
+        try once more."""
+        sent = _wall_ms()
+        deadline = sent + self._clock_offset_ms + self._budget_ms
+        try:
+            return await self._call(lambda: call(deadline), session)
+        except _Late as late:
+            now = _wall_ms()
+            if not first or now - sent >= self._budget_ms:
+                raise self._failed(late) from None
+            self._allow_for_clock(late.redis_ms - now)
+        return await self._before_deadline(call, session, first=False)
+
+    def _allow_for_clock(self, offset_ms: int) -> None:
+        changed = abs(offset_ms - self._clock_offset_ms) > self._budget_ms // 2
+        self._clock_offset_ms = offset_ms
+        if changed:
+            log.warning(
+                "session store (%s): Redis's clock runs %.3fs ahead of this router's; write "
+                "deadlines now allow for it (keep the clocks in sync with NTP)",
+                self.where, offset_ms / 1000,
+            )  # fmt: skip
+
+    def _refused(self, err: ResponseError, session: str) -> None:
+        """Raise what a script's refusal means; return if `err` is no refusal."""
+        words = str(err).split()
+        if words[:1] == ["KVR_LATE"]:
+            raise _Late(int(words[1])) from None
+        if words[:1] == ["KVR_FULL"]:
+            self._backoff.succeeded()
+            held, adding, freed = (int(w) for w in words[1:4])
+            limit = self._settings.max_session_bytes
+            raise SessionTooLarge(session, held, adding, limit, freed) from None
+
+    def _failed(self, err: BaseException) -> StoreUnavailable:
+        """Open the back-off; the error to raise, naming the store."""
+        if not self._backoff.is_open():
+            log.warning("session store (%s) failed: %s", self.where, err or type(err).__name__)
+        self._backoff.failed()
+        return StoreUnavailable(
+            f"session store ({self.where}) is unavailable: {err or type(err).__name__}"
+        )
 
     async def get_pin(self, tenant: str, session: str) -> str | None:
         key = self._keys(tenant, session)["pin"]
@@ -184,27 +331,45 @@ class RedisStore:
     async def append_history(
         self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
     ) -> int:
-        names, args = self._append_call(tenant, session, op_id, entries)
-        return int(await self._call(lambda: self._append(keys=names, args=args)))
+        """No deadline: a reply write that lands late is still right (its retries are no-ops)."""
+        names = self._names(tenant, session)
+        args = self._append_args(op_id, 0, entries)
+        return int(await self._call(lambda: self._append(keys=names, args=args), session))
 
     async def read_and_append_history(
         self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
     ) -> StoredHistory:
-        names, args = self._append_call(tenant, session, op_id, entries)
-        return _stored(await self._call(lambda: self._read_and_append(keys=names, args=args)))
+        names = self._names(tenant, session)
 
-    def _append_call(
-        self, tenant: str, session: str, op_id: str, entries: Sequence[bytes]
-    ) -> tuple[list[str], list[str | int | bytes]]:
+        def call(deadline: int) -> Awaitable[list[bytes | None]]:
+            args = self._append_args(op_id, deadline, entries)
+            return self._read_and_append(keys=names, args=args)
+
+        return _stored(await self._before_deadline(call, session))
+
+    async def discard_turn(self, tenant: str, session: str, op_id: str) -> bool:
+        names = self._names(tenant, session)
+
+        def call(deadline: int) -> Awaitable[int]:
+            return self._discard(keys=names, args=[op_id, self._ttl_ms, deadline])
+
+        return bool(await self._before_deadline(call, session))
+
+    def _names(self, tenant: str, session: str) -> list[str]:
         keys = self._keys(tenant, session)
-        cap = self._settings.max_messages
-        names = [keys["h"], keys["ids"], keys["meta"], keys["lens"]]
-        return names, [op_id, self._ttl_ms, cap, trim_slack(cap), *entries]
+        return [keys["h"], keys["ids"], keys["meta"], keys["lens"]]
+
+    def _append_args(
+        self, op_id: str, deadline: int, entries: Sequence[bytes]
+    ) -> list[str | int | bytes]:
+        cap, limit = self._settings.max_messages, self._settings.max_session_bytes
+        return [op_id, self._ttl_ms, cap, trim_slack(cap), limit, deadline, *entries]
 
     async def set_summary(self, tenant: str, session: str, summary: bytes, through: int) -> bool:
-        key = self._keys(tenant, session)["meta"]
-        stored = await self._call(lambda: self._set_summary(keys=[key], args=[summary, through]))
-        return bool(stored)
+        keys = self._keys(tenant, session)
+        names = [keys["meta"], keys["h"]]
+        args = [summary, through, self._settings.max_session_bytes]
+        return bool(await self._call(lambda: self._set_summary(keys=names, args=args), session))
 
     async def forget(self, tenant: str, session: str) -> bool:
         keys = list(self._keys(tenant, session).values())

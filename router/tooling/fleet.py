@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -112,10 +114,14 @@ class SimWorker(_OwnedProcess):
 
 @dataclass
 class RedisServer(_OwnedProcess):
-    """A `redis-server` of our own on a free port (no other client's traffic), by PID."""
+    """A `redis-server` of our own on a free port (no other client's traffic), by PID.
+
+    `args` are extra config directives (later ones win), e.g. an append-only file in a
+    directory of the caller's so data outlives a kill and restart."""
 
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -126,7 +132,7 @@ class RedisServer(_OwnedProcess):
         if binary is None:
             raise RedisNotInstalled("install redis-server (apt-get install redis-server)")
         argv = [binary, "--port", str(self.port), "--bind", LOOPBACK,
-                "--save", "", "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
+                "--save", "", "--appendonly", "no", "--daemonize", "no", *self.args]  # fmt: skip
         self.proc = start_process(argv)
         try:
             _wait_redis(self.url, self.proc)
@@ -134,6 +140,16 @@ class RedisServer(_OwnedProcess):
             self.kill()
             raise
         return self
+
+    def pause(self) -> None:
+        """SIGSTOP: the server stalls with its sockets open, as under a long fork or swap."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: the server runs again and serves what queued meanwhile."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
 
 
 def _wait_redis(url: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

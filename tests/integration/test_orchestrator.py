@@ -38,6 +38,8 @@ class ChatUpstream:
         self.prompts.append(messages)
         self.headers.append(dict(request.headers))
         text = f"reply to {messages[-1]['content']}"
+        if "worker error" in text:
+            return web.json_response({"error": {"message": "boom"}}, status=500)
         if not body.get("stream"):
             return web.json_response(completion(text))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -300,3 +302,65 @@ async def test_a_reply_is_recorded_only_when_its_stream_completes(
     first, second = document["turns"]
     assert contents(first["messages"]) == ["first"] and not first["complete"]
     assert [m["role"] for m in second["messages"]] == ["user", "assistant"]
+
+
+async def metric(http, url: str, name: str, **labels: str) -> float:
+    async with http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_a_turn_that_would_pass_max_session_bytes_is_a_413_naming_the_limit(
+    upstream, router_in_process, http
+):
+    store = {"max_session_bytes": 600}
+    async with router_in_process(settings_for(upstream.url, store=store)) as url:
+        assert (await say(http, url, "s", "hi"))[0] == 200
+        status, body = await say(http, url, "s", "long " * 120)
+        assert status == 413, body
+        error = orjson.loads(body)["error"]
+        assert error["code"] == "payload_too_large", error
+        assert "store.max_session_bytes (600)" in error["message"], error
+        document = (await stored(http, url, "s", turns=1))[1]
+    assert contents(document["messages"]) == ["hi", "reply to hi"]
+    assert len(upstream.prompts) == 1, "the refused turn was not forwarded"
+
+
+async def test_a_reply_that_would_pass_max_session_bytes_is_counted_as_a_lost_write(
+    upstream, router_in_process, http, caplog
+):
+    store = {"max_session_bytes": 600}
+    async with router_in_process(settings_for(upstream.url, store=store)) as url:
+        question = "q" * 300
+        status, body = await say(http, url, "s", question)
+        assert status == 200 and "reply to" in body.decode()
+        document = (await stored(http, url, "s"))[1]
+        assert contents(document["messages"]) == [question]
+        assert await metric(http, url, "kvrouter_history_persist_failures_total", op="reply") == 1
+    assert "store.max_session_bytes" in caplog.text
+
+
+async def test_a_turn_answered_with_a_worker_error_leaves_no_trace(
+    upstream, router_in_process, http
+):
+    async with router_in_process(settings_for(upstream.url)) as url:
+        assert (await say(http, url, "s", "first"))[0] == 200
+        for stream in (False, True):
+            status, _ = await say(http, url, "s", "worker error", stream=stream)
+            assert status == 500
+            document = (await stored(http, url, "s", turns=1))[1]
+            assert contents(document["messages"]) == ["first", "reply to first"], document
+
+
+async def test_the_in_memory_store_counts_the_sessions_it_evicts(upstream, router_in_process, http):
+    store = {"max_sessions": 1}
+    async with router_in_process(settings_for(upstream.url, store=store)) as url:
+        for session in ("a", "b", "c"):
+            assert (await say(http, url, session, "hi"))[0] == 200
+        assert (await stored(http, url, "a"))[0] == 404
+        assert (await stored(http, url, "c"))[0] == 200
+        assert await metric(http, url, "kvrouter_store_evictions_total", kind="history") == 2

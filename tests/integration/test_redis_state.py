@@ -12,6 +12,8 @@ import pytest
 from router.config import StoreSettings
 from router.metrics import Metrics
 from router.orchestrator.persist import Persister
+from router.store import StoreUnavailable
+from router.store import redis as redis_store
 from router.store.redis import RedisStore
 from tests.conftest import RedisServer, chat_body
 
@@ -95,6 +97,86 @@ async def test_a_write_given_up_after_the_deadline_is_counted_and_logged(
         await store.close()
     assert metrics.persist_failures.labels("reply")._value.get() == 1
     assert "lost after retrying" in caplog.text
+
+
+async def stalled(redis: RedisServer, call, seconds: float = 0.4) -> None:
+    """`call` fails while Redis is stopped for `seconds`; then Redis runs what queued."""
+    redis.pause()
+    try:
+        with pytest.raises(StoreUnavailable):
+            await call()
+        await asyncio.sleep(seconds)
+    finally:
+        redis.resume()
+    await asyncio.sleep(0.3)
+
+
+async def entries_in(redis: RedisServer) -> tuple[bytes, ...]:
+    check = RedisStore(StoreSettings(url=redis.url, timeout=1.0))
+    try:
+        return (await check.read_history("t", "s")).entries
+    finally:
+        await check.close()
+
+
+async def test_a_turn_write_queued_behind_a_stall_does_nothing_when_redis_resumes(
+    own_redis: RedisServer,
+):
+    store = RedisStore(StoreSettings(url=own_redis.url, timeout=0.2))
+    try:
+        await store.read_and_append_history("t", "s", "r1:user", [b'"one"'])
+        await stalled(own_redis, lambda: store.read_and_append_history(
+            "t", "s", "r2:user", [b'"two"']))  # fmt: skip
+        assert await entries_in(own_redis) == (b'"one"',)
+    finally:
+        await store.close()
+
+
+async def test_a_discard_queued_behind_a_stall_does_nothing_when_redis_resumes(
+    own_redis: RedisServer,
+):
+    store = RedisStore(StoreSettings(url=own_redis.url, timeout=0.2))
+    try:
+        await store.read_and_append_history("t", "s", "r1:user", [b'"one"'])
+        await stalled(own_redis, lambda: store.discard_turn("t", "s", "r1:user"))
+        assert await entries_in(own_redis) == (b'"one"',), "a retry may have reused it since"
+    finally:
+        await store.close()
+
+
+async def test_a_burst_right_after_a_restart_finds_no_stale_connection(own_redis: RedisServer):
+    store = RedisStore(StoreSettings(url=own_redis.url, timeout=0.5))
+
+    async def burst(tag: str) -> list[BaseException]:
+        results = await asyncio.gather(
+            *(store.read_and_append_history("t", f"s{i}", f"{tag}-{i}:user", [b'"x"'])
+              for i in range(12)),
+            return_exceptions=True,
+        )  # fmt: skip
+        return [r for r in results if isinstance(r, BaseException)]
+
+    try:
+        assert await burst("warm") == []  # twelve pooled connections
+        own_redis.kill()
+        own_redis.start()  # returns once PING succeeds
+        assert await burst("after") == []
+    finally:
+        await store.close()
+
+
+async def test_a_redis_clock_ahead_of_the_routers_is_allowed_for_without_losing_a_write(
+    own_redis: RedisServer, monkeypatch, caplog
+):
+    monkeypatch.setattr(redis_store, "_wall_ms", lambda: int(time.time() * 1000) - 10_000)
+    store = RedisStore(StoreSettings(url=own_redis.url, timeout=0.2))
+    try:
+        await store.read_and_append_history("t", "s", "r1:user", [b'"one"'])
+        await store.read_and_append_history("t", "s", "r2:user", [b'"two"'])
+        assert (await store.read_history("t", "s")).entries == (b'"one"', b'"two"')
+    finally:
+        await store.close()
+    warned = [r for r in caplog.records if "ahead of this router" in r.getMessage()]
+    assert len(warned) == 1, caplog.text
 
 
 @pytest.mark.slow

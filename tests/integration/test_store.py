@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from router.config import StoreSettings
-from router.store import MemoryStore, SessionStore, StoreUnavailable, make_store
+from router.store import MemoryStore, SessionStore, SessionTooLarge, StoreUnavailable, make_store
 from router.store.redis import RedisStore
 
 TTL = 0.3
@@ -26,6 +26,28 @@ async def store(request, shared_redis_url) -> AsyncIterator[SessionStore]:
         made = make_store(settings)
     yield made
     await made.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make(request, shared_redis_url) -> AsyncIterator[Callable[..., SessionStore]]:
+    """Factory: `make(max_session_bytes=...)` builds the store with other limits."""
+    made: list[SessionStore] = []
+
+    def build(**limits: int) -> SessionStore:
+        if request.param == "memory":
+            store: SessionStore = MemoryStore(history_ttl=TTL, max_messages=6, **limits)
+        else:
+            prefix = request.getfixturevalue("redis_prefix")
+            settings = StoreSettings(
+                url=shared_redis_url, key_prefix=prefix, history_ttl=TTL, max_messages=6, **limits
+            )
+            store = make_store(settings)
+        made.append(store)
+        return store
+
+    yield build
+    for store in made:
+        await store.close()
 
 
 def entry(text: str) -> bytes:
@@ -156,3 +178,78 @@ async def test_read_and_append_returns_the_history_before_its_own_append(store):
     again = await store.read_and_append_history("t", "s", "op2", [entry("b"), entry("c")])
     assert len(again.entries) == 3, "a retried op appends nothing"
     assert len((await store.read_history("t", "s")).entries) == 3
+
+
+async def test_an_append_past_max_session_bytes_is_refused_whole_naming_the_limit(make):
+    store = make(max_session_bytes=100)  # each entry counts its bytes and one separator
+    await store.append_history("t", "s", "op1", [b"x" * 39, b"y" * 39])
+    with pytest.raises(SessionTooLarge, match=r"store\.max_session_bytes \(100\)") as refused:
+        await store.read_and_append_history("t", "s", "op2", [b"z" * 10, b"w" * 10])
+    assert "80" in str(refused.value) and "22" in str(refused.value), str(refused.value)
+    assert (await store.read_history("t", "s")).entries == (b"x" * 39, b"y" * 39)
+    with pytest.raises(SessionTooLarge):
+        await store.append_history("t", "s", "op2", [b"z" * 10, b"w" * 10])
+    assert await store.append_history("t", "s", "op3", [b"z" * 19]) == 3, "up to the limit fits"
+    with pytest.raises(SessionTooLarge):
+        await store.append_history("t", "s", "op4", [b""])
+    with pytest.raises(SessionTooLarge):  # a new session too
+        await store.append_history("t", "new", "op", [b"n" * 100])
+
+
+async def test_a_summary_counts_against_max_session_bytes(make):
+    store = make(max_session_bytes=100)
+    await store.append_history("t", "s", "op1", [b"x" * 29, b"y" * 29])
+    assert await store.set_summary("t", "s", b"s" * 40, 0)
+    with pytest.raises(SessionTooLarge, match=r"store\.max_session_bytes"):
+        await store.set_summary("t", "s", b"s" * 41, 1)
+    assert (await store.read_history("t", "s")).summary == b"s" * 40
+    with pytest.raises(SessionTooLarge):
+        await store.append_history("t", "s", "op2", [b"z"])
+    assert await store.set_summary("t", "s", b"s" * 38, 1), "a smaller summary frees bytes"
+    assert await store.append_history("t", "s", "op2", [b"z"]) == 3
+
+
+async def test_trimming_to_max_messages_frees_the_bytes_it_drops(make):
+    store = make(max_session_bytes=60)  # max_messages 6: exactly six entries of 10 bytes
+    for i in range(5):
+        await store.append_history("t", "s", f"op{i}", [b"%09d" % (2 * i), b"%09d" % (2 * i + 1)])
+    stored = await store.read_history("t", "s")
+    assert stored.entries == tuple(b"%09d" % n for n in range(4, 10))
+    assert stored.first_index == 4
+
+
+async def test_discarding_a_turn_removes_only_its_entries_and_a_retry_is_stored_again(make):
+    store = make()
+    await store.append_history("t", "s", "a:user", [entry("a1")])
+    await store.append_history("t", "s", "b:user", [entry("b1"), entry("b2")])
+    await store.append_history("t", "s", "a:reply", [entry("a2")])
+    assert await store.discard_turn("t", "s", "b:user")
+    assert (await store.read_history("t", "s")).entries == (entry("a1"), entry("a2"))
+    assert not await store.discard_turn("t", "s", "b:user"), "safe to repeat"
+    assert not await store.discard_turn("t", "s", "never:user")
+    assert not await store.discard_turn("t", "nobody", "b:user")
+    assert await store.append_history("t", "s", "b:user", [entry("b1"), entry("b2")]) == 4
+    stored = await store.read_history("t", "s")
+    assert stored.entries == (entry("a1"), entry("a2"), entry("b1"), entry("b2"))
+
+
+async def test_a_discarded_turn_gives_its_bytes_back(make):
+    store = make(max_session_bytes=12)
+    await store.append_history("t", "s", "a", [b"aaaaaa"])
+    await store.append_history("t", "s", "b", [b"bbbb"])
+    with pytest.raises(SessionTooLarge):
+        await store.append_history("t", "s", "c", [b"ccc"])
+    assert await store.discard_turn("t", "s", "b")
+    assert await store.append_history("t", "s", "c", [b"ccc"]) == 2
+
+
+async def test_a_discard_keeps_the_summary_on_the_same_messages(make):
+    store = make()
+    await store.append_history("t", "s", "a", [entry("a")])
+    await store.append_history("t", "s", "b", [entry("b")])
+    await store.append_history("t", "s", "c", [entry("c"), entry("d")])
+    assert await store.set_summary("t", "s", b"a to c", 2)
+    assert await store.discard_turn("t", "s", "b")
+    stored = await store.read_history("t", "s")
+    assert stored.entries == (entry("a"), entry("c"), entry("d"))
+    assert stored.summary_through == 1, "the summary still ends at message 'c'"
