@@ -107,20 +107,24 @@ class Orchestrator:
         alone = build_prompt(Conversation(), new, new_tokens, budget)  # oversized: 400, unstored
         fit_body(alone, frame, self._max_body_bytes)  # over the body limit: 413, unstored
         entries = [encode_entry(turn, n, m) for m, n in zip(new, new_tokens, strict=True)]
-        stored = await self._store_user_turn(tenant, session, f"{turn}:user", entries)
-        conversation = self.decode(stored)
-        prompt = build_prompt(without_turn(conversation, turn), new, new_tokens, budget)
-        prompt = fit_body(prompt, frame, self._max_body_bytes)
+        user_op = f"{turn}:user"
+        stored = await self._store_user_turn(tenant, session, user_op, entries)
+        collector = ReplyCollector(self._reply_recorder(tenant, session, turn))
+        outcome = TurnOutcome(
+            collector, lambda: discard_turn(self._store, self._metrics, tenant, session, user_op)
+        )
+        try:  # from here on, a turn answered with an error is taken back out of the store
+            conversation = self.decode(stored)
+            prompt = build_prompt(without_turn(conversation, turn), new, new_tokens, budget)
+            prompt = fit_body(prompt, frame, self._max_body_bytes)
+        except Exception:
+            await outcome.discard()
+            raise
         self._metrics.history_tokens.inc(prompt.history_tokens)
         self._metrics.history_sent_tokens.inc(prompt.tokens)
         self._metrics.pruned_turns.inc(len(prompt.dropped))
         model = str(document.get("model") or "")
         self._summarizer.schedule(tenant, session, model, conversation.summary, prompt.dropped)
-        collector = ReplyCollector(self._reply_recorder(tenant, session, turn))
-        user_op = f"{turn}:user"
-        outcome = TurnOutcome(
-            collector, lambda: discard_turn(self._store, self._metrics, tenant, session, user_op)
-        )
         body = prompt_body(document, prompt.messages)
         return await self._answer(
             request, dataclasses.replace(out, body=body, observer=outcome), outcome

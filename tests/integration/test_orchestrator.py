@@ -207,6 +207,22 @@ async def test_a_new_message_over_the_budget_is_a_400_and_nothing_is_stored(
     assert upstream.prompts == []
 
 
+async def test_a_turn_refused_for_the_budget_after_it_was_stored_leaves_no_trace(
+    upstream, router_in_process, http
+):
+    history = {"max_prompt_tokens": 64}
+    async with router_in_process(settings_for(upstream.url, history=history)) as url:
+        status, _ = await say(http, url, "s", "hi", system="word " * 25, max_tokens=16)
+        assert status == 200
+        # alone the new message fits; with the stored system prompt it does not
+        status, body = await say(http, url, "s", "word " * 20, max_tokens=16)
+        assert status == 400, body
+        _, document = await stored(http, url, "s")
+        users = [m["content"] for t in document["turns"] for m in t["messages"]
+                 if m["role"] == "user"]  # fmt: skip
+        assert users == ["hi"], document["turns"]
+
+
 async def test_sessions_are_scoped_by_tenant_and_can_be_forgotten(
     upstream, router_in_process, http
 ):
