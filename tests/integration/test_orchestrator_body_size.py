@@ -67,7 +67,8 @@ async def test_six_turns_with_a_3_mb_image_never_send_a_body_over_the_limit(
 ):
     upstream, worker = sizing
     history = {"max_prompt_tokens": 100_000_000}  # only the body limit prunes here
-    async with router_in_process(settings_for(worker, history=history)) as url:
+    store = {"max_session_bytes": 64 * MiB}  # room to store all six (the default caps at 8 MiB)
+    async with router_in_process(settings_for(worker, history=history, store=store)) as url:
         for turn in range(6):
             status, answer = await send(http, url, image_message(f"look {turn}", 3_000_000))
             assert status == 200, answer
