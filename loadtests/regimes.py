@@ -242,7 +242,7 @@ def hit_within_five_points(results: Results, oracles: Oracles) -> Verdict:
         return _skipped(text)
     gaps = _per_run(results, lambda runs, _: (
         runs[DEFAULT].summary.hit_ratio - runs["consistent_hash"].summary.hit_ratio) * 100)
-    return Verdict(text, _all(gaps, lambda v: abs(v) <= 5.0), _listed(gaps, "{:+.1f} points"))
+    return Verdict(text, _all(gaps, lambda v: abs(v) <= 5.0), _listed(gaps, "{:+.2f} points"))
 
 
 def hit_above_load_only(results: Results, oracles: Oracles) -> Verdict:
