@@ -24,7 +24,7 @@ bench: $(STAMP)  ## proxy overhead, throughput, streaming and memory: prints a t
 bench-history: $(STAMP)  ## history read + prompt rebuild latency and client egress (needs Redis on :6379)
 	$(PY) -m router.tooling.bench.history_bench
 
-bench-routing: $(STAMP)  ## placement policies on one seeded workload vs the oracle (~5 min; QUICK=1 ~1 min)
+bench-routing: $(STAMP)  ## policies in three load regimes vs the oracle and the targets (3 seeded runs, < 20 min; QUICK=1: 1 run, < 3 min)
 	$(PY) -m loadtests.compare_policies $(if $(QUICK),--quick)
 
 bench-failover: $(STAMP)  ## one worker killed and restarted mid-run, per return-home option (~3 min)

@@ -1,229 +1,175 @@
-"""Compare placement policies on the same seeded chat workload, against the oracle.
+"""Compare placement policies in three load regimes, against the oracle and the targets.
 
-    python -m loadtests.compare_policies            # about 5 minutes
-    python -m loadtests.compare_policies --quick    # about a minute
+    python -m loadtests.compare_policies            # 3 seeded runs per regime, under 20 minutes
+    python -m loadtests.compare_policies --quick    # 1 shorter run per regime, under 3 minutes
 
-Starts 4 simulated workers whose prefix caches cannot hold every session, then for each policy
-a router process, plays the same workload through it and prints: prefix-cache hit ratio
-(cached / prompt tokens from `usage`) and its fraction of the oracle's, TTFT p50/p99, throughput,
-and the busiest worker's in-flight load over the mean. Saves a PNG under loadtests/out/.
+For each regime (`loadtests.regimes`: light load, a real client of multi-round-QA shape, a
+saturating Zipf skew) it starts 4 simulated workers with a batch limit, then for each seed the
+oracle and, for each policy, a router process playing the same workload. It prints the regime's
+parameters, a table per regime (ranges over the runs: hit ratio and its fraction of the oracle,
+TTFT p50/p99, sessions kept on one worker, spills, how often the hottest worker queued), whether
+the regime is what it claims and each target met or missed, and saves a PNG and the figures
+under loadtests/out/. `--scenarios` runs the earlier chat scenarios (`loadtests.scenarios`).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 
-from loadtests.oracle import CacheFigures, replay
-from loadtests.player import Player, Record
-from loadtests.report import Summary, summarise, table
-from loadtests.workload import PROFILES, Profile, plan_users
-from router.tooling.fleet import LocalFleet, SimSettings
+from loadtests.measure import measure
+from loadtests.oracle import CacheFigures
+from loadtests.plots import OUT, plot_regime
+from loadtests.regimes import POLICIES, QUICK_REGIMES, REGIMES, Regime, Verdict
+from loadtests.report import RunResult, span, table
+from loadtests.scenarios import SCENARIOS, run_scenarios
 
-OUT = Path(__file__).resolve().parent / "out"
-WORKERS = 4
-ROUTER_DEFAULTS = {"shutdown_grace": 2}
+Results = Mapping[int, Mapping[str, RunResult]]
 
 
-@dataclass(frozen=True, slots=True)
-class Variant:
-    label: str
-    routing: dict[str, Any]
-    session_ids: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    profile: Profile
-    sim: SimSettings
-    variants: tuple[Variant, ...]
-
-
-def _variants(*names: str) -> tuple[Variant, ...]:
-    return tuple(Variant(name, {"policy": name}) for name in names)
-
-
-SCENARIOS = {
-    "uniform": Scenario(
-        PROFILES["uniform"],
-        SimSettings(cache_tokens=40_000),
-        (
-            *_variants(
-                "consistent_hash", "bounded_load", "least_inflight", "round_robin", "random"
-            ),
-            Variant("bounded_load, no session id (prefix key)", {"policy": "bounded_load"}, False),
-        ),
-    ),
-    "skewed": Scenario(
-        PROFILES["skewed"],
-        SimSettings(cache_tokens=56_000),
-        _variants("consistent_hash", "bounded_load"),
-    ),
-    "fanout": Scenario(
-        PROFILES["fanout"],
-        SimSettings(cache_tokens=56_000),
-        _variants("consistent_hash", "bounded_load"),
-    ),
-}
-
-
-def quick(scenario: Scenario) -> Scenario:
-    """About a minute in all: half the users and caches, a third of the turns, three policies."""
-    profile = scenario.profile
-    turns = max(4, profile.turns_per_user // 3)
-    smaller = replace(profile, users=max(8, profile.users // 2), turns_per_user=turns)
-    cache = scenario.sim.cache_tokens // 2
-    keep = tuple(v for v in scenario.variants if v.label in QUICK_LABELS)
-    return Scenario(smaller, replace(scenario.sim, cache_tokens=cache), keep)
-
-
-QUICK_LABELS = {"consistent_hash", "bounded_load", "round_robin"}
-
-
-def progress(label: str, total: int):
-    state = {"done": 0, "shown": 0.0}
-
-    def on_record(_: Record) -> None:
-        state["done"] += 1
-        now = time.monotonic()
-        if now - state["shown"] > 2 or state["done"] == total:
-            state["shown"] = now
-            print(f"\r  {label}: {state['done']}/{total} requests", end="", file=sys.stderr,
-                  flush=True)  # fmt: skip
-
-    return on_record
-
-
-def run_scenario(name: str, scenario: Scenario, seed: int) -> tuple[CacheFigures, list[Summary]]:
-    users = plan_users(scenario.profile, seed)
-    total = sum(len(t.users_text) for u in users for s in u for t in s.turns)
-    print(f"[{name}] {len(users)} users, {total} requests; computing the oracle...",
-          file=sys.stderr, flush=True)  # fmt: skip
-    oracle = replay(users, WORKERS, scenario.sim.cache_tokens)
-    summaries = []
-    with LocalFleet(WORKERS, scenario.sim.flags(), router_defaults=ROUTER_DEFAULTS) as fleet:
-        for variant in scenario.variants:
-            fleet.reset_caches()
-            with fleet.router_process(routing=variant.routing) as router:
-                player = Player(
-                    router.url,
-                    scenario.sim.time_scale,
-                    send_session_id=variant.session_ids,
-                    on_record=progress(f"[{name}] {variant.label}", total),
-                )
-                wall = asyncio.run(player.run(users, seed))
-            print(file=sys.stderr)
-            summaries.append(summarise(variant.label, player.records, fleet.names, wall))
-    return oracle, summaries
-
-
-def render(name: str, oracle: CacheFigures, summaries: list[Summary], sim: SimSettings) -> str:
-    scale = sim.time_scale
-    header = ["policy", "hit ratio", "of oracle", "TTFT p50", "TTFT p99", "req/s",
-              "peak/mean (instant)", "prefill busy", "spill", "fallback", "errors"]  # fmt: skip
-    rows = []
-    for s in summaries:
-        busy = s.prefill_busy(WORKERS, sim.prefill_ms_per_token, scale)
-        rows.append([
-            s.label, f"{s.hit_ratio:.1%}", f"{s.hit_ratio / oracle.hit_ratio:.0%}",
-            f"{s.ttft_p50 / scale * 1e3:.0f} ms", f"{s.ttft_p99 / scale * 1e3:.0f} ms",
-            f"{s.throughput:.1f}",
-            f"{s.spread.peak_over_mean:.2f} ({s.spread.instant:.2f})", f"{busy:.0%}",
-            str(s.routes.get("spill", 0)), str(s.routes.get("fallback", 0)), str(s.errors),
-        ])  # fmt: skip
-    rows.append(["oracle", f"{oracle.hit_ratio:.1%}", "100%", *[""] * 8])
-    return f"[{name}]\n" + table(rows, header)
-
-
-def plot(name: str, oracle: CacheFigures, summaries: list[Summary], scale: float) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [s.label.replace(", ", ",\n").replace(" (", "\n(") for s in summaries]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
-    axes[0].bar(labels, [s.hit_ratio for s in summaries], color="tab:blue")
-    axes[0].axhline(oracle.hit_ratio, color="black", linestyle="--", label="oracle")
-    axes[0].set_title("prefix-cache hit ratio")
-    axes[0].legend()
-    p50 = [s.ttft_p50 / scale * 1e3 for s in summaries]
-    p99 = [s.ttft_p99 / scale * 1e3 for s in summaries]
-    xs = range(len(summaries))
-    axes[1].bar([x - 0.2 for x in xs], p50, width=0.4, label="p50")
-    axes[1].bar([x + 0.2 for x in xs], p99, width=0.4, label="p99")
-    axes[1].set_xticks(list(xs), labels)
-    axes[1].set_yscale("log")
-    axes[1].set_title("TTFT (simulated ms)")
-    axes[1].legend()
-    axes[2].bar(labels, [s.spread.peak_over_mean for s in summaries], color="tab:orange")
-    axes[2].axhline(1.3, color="black", linestyle="--", label="1.3")
-    axes[2].set_title("busiest worker's in-flight / mean")
-    axes[2].legend()
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
-    fig.suptitle(f"kvrouter placement policies, {name} workload, {WORKERS} workers")
-    fig.tight_layout()
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"policies-{name}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def save_json(name: str, oracle: CacheFigures, summaries: list[Summary]) -> Path:
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"policies-{name}.json"
-    runs = [
-        {
-            **asdict(s),
-            "routes": dict(s.routes),
-            "rehomed": dict(s.rehomed),
-            "hit_ratio": s.hit_ratio,
-        }
-        for s in summaries
+def _row(policy: str, runs: Sequence[RunResult], oracles: Mapping[int, CacheFigures],
+         scale: float) -> list[str]:  # fmt: skip
+    s = [r.summary for r in runs]
+    return [
+        policy,
+        span([x.hit_ratio for x in s]),
+        span([r.summary.hit_ratio / oracles[r.seed].hit_ratio for r in runs]),
+        span([x.ttft_p50 / scale * 1e3 for x in s], "{:.0f}"),
+        span([x.ttft_p99 / scale * 1e3 for x in s], "{:.0f}"),
+        span([x.one_worker for x in s], "{:.0%}"),
+        span([x.spills for x in s], "{:.0f}"),
+        span([r.hottest_queued for r in runs], "{:.0%}"),
+        span([x.errors for x in s], "{:.0f}"),
     ]
-    doc = {"oracle": {**asdict(oracle), "hit_ratio": oracle.hit_ratio}, "runs": runs}
-    path.write_text(json.dumps(doc, indent=2, default=str))
-    return path
+
+
+def render(regime: Regime, oracles: Mapping[int, CacheFigures], results: Results,
+           policies: Sequence[str]) -> str:  # fmt: skip
+    header = ["policy", "hit ratio", "of oracle", "TTFT p50 ms", "TTFT p99 ms",
+              "sessions on one worker", "spills", "hottest worker queued", "errors"]  # fmt: skip
+    rows = [
+        _row(p, [results[s][p] for s in sorted(results) if p in results[s]], oracles,
+             regime.sim.time_scale)
+        for p in policies
+    ]  # fmt: skip
+    rows.append(["oracle", span([o.hit_ratio for o in oracles.values()]), "100%",
+                 *[""] * 6])  # fmt: skip
+    return table(rows, header)
+
+
+def parameters(regime: Regime, oracles: Mapping[int, CacheFigures], seeds: Sequence[int]) -> str:
+    return "\n".join([
+        f"  workload: {regime.describe_workload()}",
+        f"  workers:  {regime.describe_workers()}",
+        f"  router:   {regime.describe_router([o.bytes_per_token for o in oracles.values()])}",
+        f"  seeds:    {', '.join(map(str, seeds))}; requests per run: "
+        + ", ".join(str(o.requests) for o in oracles.values()),
+    ])  # fmt: skip
+
+
+def spill_lines(results: Results, policies: Sequence[str]) -> list[str]:
+    """What the spills of each policy that spilled cost, run by run."""
+    lines = []
+    for policy in policies:
+        runs = [results[s][policy] for s in sorted(results) if policy in results[s]]
+        if not any(r.summary.spills for r in runs):
+            continue
+        each = "; ".join(
+            f"{r.summary.spills} ({r.summary.spill_first_turns} first turns), mean prompt "
+            f"{r.summary.spill_prompt_tokens / max(r.summary.spills, 1):.0f} tokens, "
+            f"{r.summary.spill_cached_tokens / max(r.summary.spill_prompt_tokens, 1):.0%} "
+            f"of it cached, uncached = {r.summary.spill_uncached:.1f} points of hit ratio"
+            for r in runs
+        )
+        lines.append(f"  {policy} spilled requests per run: {each}")
+    return lines
+
+
+def verdicts(kind: str, found: Sequence[Verdict]) -> list[str]:
+    return [f"  {kind}: {v.text}: {'met' if v.met else 'MISSED'} ({v.detail})" for v in found]
+
+
+def save_json(regime: Regime, oracles: Mapping[int, CacheFigures], results: Results,
+              found: Sequence[Verdict]) -> None:  # fmt: skip
+    doc = {
+        "regime": regime.name,
+        "parameters": {"workload": regime.describe_workload(),
+                       "workers": regime.describe_workers()},
+        "oracle": {seed: {**asdict(o), "hit_ratio": o.hit_ratio} for seed, o in oracles.items()},
+        "runs": [
+            {"seed": seed, "policy": r.policy, "hit_ratio": r.summary.hit_ratio,
+             "ttft_p50": r.summary.ttft_p50, "ttft_p99": r.summary.ttft_p99,
+             "one_worker": r.summary.one_worker, "spills": r.summary.spills,
+             "spill_prompt_tokens": r.summary.spill_prompt_tokens,
+             "spill_cached_tokens": r.summary.spill_cached_tokens,
+             "errors": r.summary.errors, "queued": r.queued, "peak_kv": r.peak_kv,
+             "cache_fill": r.cache_fill, "wall": r.summary.wall,
+             "load_average": r.load_average}
+            for seed, runs in sorted(results.items()) for r in runs.values()
+        ],
+        "verdicts": [asdict(v) for v in found],
+    }  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"regime-{regime.name}.json").write_text(json.dumps(doc, indent=2, default=str))
+
+
+def announce(run: RunResult) -> None:
+    s = run.summary
+    print(f"    seed {run.seed} {run.policy}: {s.requests} requests in {s.wall:.0f} s, "
+          f"hit {s.hit_ratio:.1%}, TTFT p99 {s.ttft_p99 * 1e3:.0f} wall ms, "
+          f"{run.hottest} queued {run.hottest_queued:.0%}, load average "
+          f"{run.load_average:.1f}", flush=True)  # fmt: skip
+
+
+def run_regime(regime: Regime, seeds: Sequence[int], policies: Sequence[str]) -> bool:
+    """Measure, print and plot one regime; whether every condition and target was met."""
+    started = time.monotonic()
+    print(f"== {regime.title} ==", flush=True)
+    oracles, results = measure(regime, seeds, policies, announce)
+    conditions = [check(results, oracles) for check in regime.conditions]
+    targets = [check(results, oracles) for check in regime.targets]
+    loads = [r.load_average for runs in results.values() for r in runs.values()]
+    print(parameters(regime, oracles, seeds))
+    print(render(regime, oracles, results, policies))
+    lines = [*spill_lines(results, policies), *verdicts("regime", conditions),
+             *verdicts("target", targets)]  # fmt: skip
+    print("\n".join(lines))
+    print(f"  TTFT in simulated ms (wall / {regime.sim.time_scale:g}); ranges are min-max over "
+          f"{len(seeds)} run(s); machine load average {span(loads, '{:.1f}')} (2 cores)")
+    print(f"  plot: {plot_regime(regime, oracles, results, policies)}")
+    save_json(regime, oracles, results, [*conditions, *targets])
+    print(f"  {time.monotonic() - started:.0f} s\n", flush=True)
+    return all(v.met for v in [*conditions, *targets])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller run, about a minute")
-    parser.add_argument(
-        "--scenarios", default="uniform,skewed", help="uniform, skewed, fanout (comma-separated)"
-    )
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--only", action="append", default=[], help="run only this label (repeatable)"
-    )
-    ns = parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help="one shorter run per regime")
+    parser.add_argument("--regimes", default="light,real,skew",
+                        help="light, real, skew (comma-separated; empty for none)")
+    parser.add_argument("--seeds", default="", help="comma-separated (default 1,2,3; quick: 1)")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--scenarios", default="",
+                        help=f"also the earlier scenarios: {', '.join(SCENARIOS)}")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the earlier scenarios")
+    parser.add_argument("--only", action="append", default=[],
+                        help="earlier scenarios: run only this label (repeatable)")
+    ns = parser.parse_args(argv)  # fmt: skip
     started = time.monotonic()
-    outputs = []
-    for name in ns.scenarios.split(","):
-        scenario = SCENARIOS[name]
-        if ns.quick:
-            scenario = quick(scenario)
-        if ns.only:
-            wanted = set(ns.only)
-            scenario = replace(scenario, variants=tuple(v for v in scenario.variants
-                                                        if v.label in wanted))  # fmt: skip
-        oracle, summaries = run_scenario(name, scenario, ns.seed)
-        scale = scenario.sim.time_scale
-        outputs.append(render(name, oracle, summaries, scenario.sim))
-        png = plot(name, oracle, summaries, scale)
-        save_json(name, oracle, summaries)
-        print(outputs[-1], flush=True)
-        print(f"plot: {png}\n", flush=True)
-    print(f"TTFT in simulated milliseconds (wall time / {scale}); "
-          f"whole run {time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+    seeds = [int(s) for s in ns.seeds.split(",") if s] or ([1] if ns.quick else [1, 2, 3])
+    catalogue = QUICK_REGIMES if ns.quick else REGIMES
+    policies = [p for p in ns.policies.split(",") if p]
+    met = True
+    for name in filter(None, ns.regimes.split(",")):
+        met = run_regime(catalogue[name], seeds, policies) and met
+    if ns.scenarios:
+        run_scenarios(ns.scenarios.split(","), ns.quick, ns.seed, ns.only)
+    print(f"whole run {time.monotonic() - started:.0f} s; "
+          f"{'every target met' if met else 'some targets MISSED (see above)'}", flush=True)
     return 0
 
 

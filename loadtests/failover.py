@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from loadtests.compare_policies import ROUTER_DEFAULTS
+from loadtests.measure import ROUTER_DEFAULTS
 from loadtests.player import Player, Record
 from loadtests.report import percentile, table
 from loadtests.workload import PROFILES, plan_users
@@ -182,7 +182,7 @@ def plot(results: Sequence[FailoverResult], width: float):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from loadtests.compare_policies import OUT
+    from loadtests.plots import OUT
 
     fig, (hits, ttft) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
     for r in results:

@@ -1,16 +1,17 @@
 """The oracle hit ratio: every turn of a session served by one worker, caches as big as the
 real workers', and the load spread evenly; what perfect affinity would reach.
 
-Replays the workload in lockstep (every user's k-th request at step k), renders and tokenizes
-each prompt exactly as the simulated worker does, and keeps one LRU prefix cache per worker.
+Replays the workload in the order it is planned (by scheduled time when every turn has one,
+else in lockstep: every user's k-th request at step k), renders and tokenizes each prompt
+exactly as the simulated worker does, and keeps one LRU prefix cache per worker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from loadtests.workload import SYSTEM_PROMPTS, SessionPlan
+from loadtests.workload import SessionPlan, chat_body
 from router.sim.cache import PrefixCache, block_hashes
 from router.sim.reply import generate_reply
 from router.sim.template import close_assistant_turn, render_chat
@@ -23,12 +24,21 @@ Assign = Callable[[str, int, list[int]], int]
 
 @dataclass(frozen=True, slots=True)
 class CacheFigures:
+    """Prompt and cached tokens over the workload, its requests and their body bytes."""
+
     prompt_tokens: int
     cached_tokens: int
+    body_bytes: int = 0
+    requests: int = 0
 
     @property
     def hit_ratio(self) -> float:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Request-body bytes per prompt token: what the router's cost model needs to know."""
+        return self.body_bytes / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 def least_active(session: str, step: int, active: list[int]) -> int:
@@ -43,12 +53,14 @@ class _Replay:
         self.seed = seed
         self.prompt = 0
         self.cached = 0
+        self.body_bytes = 0
 
     def serve(self, worker: int, messages: list[tuple[str, str]], max_tokens: int) -> str:
         """One request: count its cache hit, keep its transcript, return the reply text."""
         ids = tokenize(render_chat(messages))
         hashes = block_hashes(ids, self.block_size)
         cache = self.caches[worker]
+        self.body_bytes += len(chat_body(messages, max_tokens))
         self.prompt += len(ids)
         self.cached += cache.match(hashes) * self.block_size
         reply = generate_reply(ids, self.seed, max_tokens, leading_space=False)
@@ -72,26 +84,35 @@ def replay(
     state = _Replay(workers, capacity_tokens, block_size, seed)
     cursors = [_UserCursor(sessions) for sessions in users]
     active = [0] * workers
-    step = 0
     counter = 0
-    while any(not c.done for c in cursors):
-        for cursor in cursors:
-            if cursor.done:
-                continue
-            if cursor.starting:
-                cursor.worker = assign(cursor.session.id, step, active)
-                active[cursor.worker] += 1
-            for text in cursor.turn.users_text:
-                worker = cursor.worker if per_request is None else per_request("", counter)
-                counter += 1
-                reply = state.serve(worker, [*cursor.messages, ("user", text)], cursor.max_tokens)
-                if text is cursor.turn.users_text[0]:
-                    first = reply
-            cursor.advance(first)
-            if cursor.starting or cursor.done:
-                active[cursor.previous_worker] -= 1
-        step += 1
-    return CacheFigures(state.prompt, state.cached)
+    for step, index in _order(users):
+        cursor = cursors[index]
+        if cursor.starting:
+            cursor.worker = assign(cursor.session.id, step, active)
+            active[cursor.worker] += 1
+        for text in cursor.turn.users_text:
+            worker = cursor.worker if per_request is None else per_request("", counter)
+            counter += 1
+            reply = state.serve(worker, [*cursor.messages, ("user", text)], cursor.max_tokens)
+            if text is cursor.turn.users_text[0]:
+                first = reply
+        cursor.advance(first)
+        if cursor.starting or cursor.done:
+            active[cursor.previous_worker] -= 1
+    return CacheFigures(state.prompt, state.cached, state.body_bytes, counter)
+
+
+def _order(users: Sequence[Sequence[SessionPlan]]) -> Iterator[tuple[float, int]]:
+    """(when, user) for every turn of every user, in the order they are played: by scheduled
+    time when every turn has one, else the user's k-th turn at step k (ties: by user)."""
+    turns = [[t.at for s in sessions for t in s.turns] for sessions in users]
+    scheduled = all(at is not None for times in turns for at in times)
+    events = [
+        (at if scheduled and at is not None else float(k), index)
+        for index, times in enumerate(turns)
+        for k, at in enumerate(times)
+    ]
+    return iter(sorted(events))
 
 
 class _UserCursor:
@@ -125,7 +146,8 @@ class _UserCursor:
 
     def _reset(self) -> None:
         if not self.done:
-            self.messages = [("system", SYSTEM_PROMPTS[self.session.system])]
+            system = self.session.system
+            self.messages = [("system", system)] if system else []
 
     def advance(self, reply: str) -> None:
         self.messages += [("user", self.turn.users_text[0]), ("assistant", reply)]

@@ -2,8 +2,9 @@
 
 Each user is a coroutine running its sessions back to back: it sends the growing history as a
 streaming chat completion, reads the reply chunk by chunk (noting the first token), appends the
-reply to the history and thinks before the next turn. Think times are in simulated seconds and
-are scaled by the workers' clock so the whole run keeps the shape of real time.
+reply to the history and thinks before the next turn, or waits for the turn's scheduled time
+(`TurnPlan.at`). Think and scheduled times are in simulated seconds and are scaled by the
+workers' clock so the whole run keeps the shape of real time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from loadtests.workload import SYSTEM_PROMPTS, SessionPlan, TurnPlan
+from loadtests.workload import SessionPlan, TurnPlan, chat_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,11 @@ class Record:
     @property
     def ttft(self) -> float | None:
         return None if self.first_token is None else self.first_token - self.started
+
+
+def _scheduled(sessions: Sequence[SessionPlan]) -> bool:
+    """Whether this user's first turn has a scheduled time (then it needs no random start)."""
+    return bool(sessions and sessions[0].turns and sessions[0].turns[0].at is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +94,10 @@ class Player:
         self._t0 = time.perf_counter()
         async with aiohttp.ClientSession(connector=connector, timeout=self._timeout) as http:
             first_think = max((t.think for u in users for s in u for t in s.turns), default=0.0)
-            delays = [rng.uniform(0, first_think) * self._scale for _ in users]
+            delays = [
+                0.0 if _scheduled(sessions) else rng.uniform(0, first_think) * self._scale
+                for sessions in users
+            ]
             await asyncio.gather(
                 *(self._user(http, i, sessions, delays[i]) for i, sessions in enumerate(users))
             )
@@ -99,16 +108,16 @@ class Player:
     ) -> None:
         await asyncio.sleep(delay)
         for plan in sessions:
-            history: list[dict[str, str]] = [
-                {"role": "system", "content": SYSTEM_PROMPTS[plan.system]}
-            ]
+            history: list[tuple[str, str]] = [("system", plan.system)] if plan.system else []
             for number, turn in enumerate(plan.turns, start=1):
-                if number > 1:
+                if turn.at is not None:
+                    await asyncio.sleep(max(0.0, turn.at * self._scale - self.now()))
+                elif number > 1:
                     await asyncio.sleep(turn.think * self._scale)
                 reply = await self._turn(http, user, plan.id, number, history, turn)
-                history.append({"role": "user", "content": turn.users_text[0]})
+                history.append(("user", turn.users_text[0]))
                 if reply is not None:
-                    history.append({"role": "assistant", "content": reply})
+                    history.append(("assistant", reply))
 
     async def _turn(
         self,
@@ -116,13 +125,12 @@ class Player:
         user: int,
         session: str,
         number: int,
-        history: list[dict[str, str]],
+        history: list[tuple[str, str]],
         turn: TurnPlan,
     ) -> str | None:
         """All requests of one turn (several for an agent's fan-out); the first one's reply."""
         requests = [
-            self._request(http, user, session, number, [*history, {"role": "user", "content": t}],
-                          turn.max_tokens)
+            self._request(http, user, session, number, [*history, ("user", t)], turn.max_tokens)
             for t in turn.users_text
         ]  # fmt: skip
         replies = await asyncio.gather(*requests)
@@ -134,13 +142,10 @@ class Player:
         user: int,
         session: str,
         number: int,
-        messages: list[dict[str, str]],
+        messages: list[tuple[str, str]],
         max_tokens: int,
     ) -> str | None:
-        body = orjson.dumps(
-            {"model": "sim-model", "messages": messages, "max_tokens": max_tokens, "stream": True,
-             "stream_options": {"include_usage": True}}
-        )  # fmt: skip
+        body = chat_body(messages, max_tokens)
         headers = {"content-type": "application/json"}
         if self._send_session_id:
             headers["x-session-id"] = session

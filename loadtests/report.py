@@ -1,4 +1,5 @@
-"""Figures of one run from its request records: cache hit ratio, TTFT, throughput, load spread."""
+"""Figures of one run from its request records: cache hit ratio, TTFT, throughput, load spread,
+where each turn was placed; and how to print figures of several runs as ranges."""
 
 from __future__ import annotations
 
@@ -90,10 +91,27 @@ class Summary:
     spread: LoadSpread
     routes: Counter[str] = field(default_factory=Counter)
     rehomed: Counter[str] = field(default_factory=Counter)
+    one_worker: float = float("nan")
+    spill_prompt_tokens: int = 0
+    spill_cached_tokens: int = 0
+    spill_first_turns: int = 0
 
     @property
     def hit_ratio(self) -> float:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    @property
+    def spills(self) -> int:
+        """Requests sent away from a saturated (or full) cache holder."""
+        return self.routes.get("spill", 0)
+
+    @property
+    def spill_uncached(self) -> float:
+        """The spilled requests' uncached prompt tokens, in points of hit ratio (an upper
+        bound of what the moves cost: a first turn had nothing but shared prefixes cached
+        anywhere)."""
+        uncached = self.spill_prompt_tokens - self.spill_cached_tokens
+        return 100 * uncached / self.prompt_tokens if self.prompt_tokens else 0.0
 
     def prefill_busy(self, workers: int, prefill_ms_per_token: float, scale: float) -> float:
         """Share of the workers' time spent prefilling uncached tokens (1.0 = saturated)."""
@@ -120,7 +138,49 @@ def summarise(
         spread=load_spread(records, workers, steady_window(records)),
         routes=Counter(r.route for r in records),
         rehomed=Counter(r.rehomed for r in records if r.rehomed),
+        one_worker=sessions_on_one_worker(records),
+        spill_prompt_tokens=sum(r.prompt_tokens for r in ok if r.route == "spill"),
+        spill_cached_tokens=sum(r.cached_tokens for r in ok if r.route == "spill"),
+        spill_first_turns=sum(1 for r in ok if r.route == "spill" and r.turn == 1),
     )
+
+
+def sessions_on_one_worker(records: Sequence[Record]) -> float:
+    """Share of the sessions with at least two successful requests that were all served by
+    one worker."""
+    seen: defaultdict[str, set[str]] = defaultdict(set)
+    count: Counter[str] = Counter()
+    for r in records:
+        if r.ok:
+            seen[r.session].add(r.worker)
+            count[r.session] += 1
+    several = [s for s, n in count.items() if n >= 2]
+    return sum(1 for s in several if len(seen[s]) == 1) / len(several) if several else float("nan")
+
+
+def placements(records: Sequence[Record]) -> dict[tuple[str, int], str]:
+    """(session, turn) -> the worker that served it, for every successful request (the first
+    one of a turn that fanned out)."""
+    placed: dict[tuple[str, int], str] = {}
+    for r in sorted(records, key=lambda r: r.started):
+        if r.ok:
+            placed.setdefault((r.session, r.turn), r.worker)
+    return placed
+
+
+def same_placement(a: dict[tuple[str, int], str], b: dict[tuple[str, int], str]) -> float:
+    """Share of the turns served in both runs that went to the same worker in both."""
+    common = a.keys() & b.keys()
+    return sum(1 for k in common if a[k] == b[k]) / len(common) if common else float("nan")
+
+
+def span(values: Sequence[float], fmt: str = "{:.1%}") -> str:
+    """`min` to `max` of `values` in `fmt`, joined by an en dash (one value when they print
+    the same)."""
+    if not values:
+        return ""
+    low, high = fmt.format(min(values)), fmt.format(max(values))
+    return low if low == high else f"{low}\u2013{high}"
 
 
 def per_worker(records: Sequence[Record]) -> dict[str, int]:
@@ -139,3 +199,28 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
                          for i, (c, w) in enumerate(zip(row, widths, strict=True)))  # fmt: skip
 
     return "\n".join([fmt(header), line, *(fmt(r) for r in rows)])
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """One policy on one seeded workload: its figures, where each turn went, and what the
+    workers said about their queues while it ran (see `loadtests.sampler`)."""
+
+    policy: str
+    seed: int
+    summary: Summary
+    placed: dict[tuple[str, int], str]
+    queued: dict[str, float]
+    waiting: tuple[tuple[float, float], ...]
+    peak_kv: float
+    cache_fill: float
+    load_average: float
+
+    @property
+    def hottest(self) -> str:
+        """The worker whose queue was non-empty in the largest share of samples."""
+        return max(self.queued, key=lambda w: (self.queued[w], w)) if self.queued else ""
+
+    @property
+    def hottest_queued(self) -> float:
+        return self.queued.get(self.hottest, float("nan"))

@@ -3,13 +3,17 @@
 Pure and deterministic: the same seed gives the same sessions, messages and think times in
 every process, so every policy is measured on the same work and the oracle can replay it.
 Session lengths are heavy-tailed (Pareto), system prompts are shared across users, and in the
-skewed profile some sessions are agents that fan out several requests per turn.
+skewed profile some sessions are agents that fan out several requests per turn. Other shapes
+(`loadtests.multiround`, `loadtests.zipf`) build the same plans with scheduled turns.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import orjson
 
 _WORDS = (
     "cluster node pod deploy rollout canary region zone replica shard index query latency "
@@ -75,18 +79,36 @@ PROFILES = {
 @dataclass(frozen=True, slots=True)
 class TurnPlan:
     """One turn: the user's messages (several for an agent's fan-out; the first one continues
-    the conversation) and the think time before it."""
+    the conversation) and the think time before it. A turn with `at` (simulated seconds from
+    the start of the run) is scheduled instead: sent at `at`, or as soon as the previous
+    reply is in if that comes later, as a chat client at a fixed rate would."""
 
     users_text: tuple[str, ...]
     max_tokens: int
     think: float
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SessionPlan:
+    """One conversation; `system` is its system message ("" for none)."""
+
     id: str
-    system: int
+    system: str
     turns: tuple[TurnPlan, ...]
+
+
+def word_text(rng: random.Random, count: int) -> str:
+    """`count` words of the workload's vocabulary: `count` tokens for the simulated worker."""
+    return " ".join(rng.choices(_WORDS, k=count))
+
+
+def chat_body(messages: Sequence[tuple[str, str]], max_tokens: int) -> bytes:
+    """The request body the player sends for `(role, content)` messages."""
+    return orjson.dumps(
+        {"model": "sim-model", "messages": [{"role": r, "content": c} for r, c in messages],
+         "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+    )  # fmt: skip
 
 
 def session_turns(rng: random.Random, profile: Profile) -> int:
@@ -96,8 +118,7 @@ def session_turns(rng: random.Random, profile: Profile) -> int:
 
 
 def user_text(rng: random.Random, words: tuple[int, int], turn: int) -> str:
-    body = " ".join(rng.choices(_WORDS, k=rng.randint(*words)))
-    return f"Turn {turn}: {body}?"
+    return f"Turn {turn}: {word_text(rng, rng.randint(*words))}?"
 
 
 def _session(rng: random.Random, profile: Profile, sid: str, turns: int) -> SessionPlan:
@@ -108,7 +129,7 @@ def _session(rng: random.Random, profile: Profile, sid: str, turns: int) -> Sess
         width = rng.randint(*profile.fanout) if agent and turn > 1 else 1
         texts = tuple(user_text(rng, profile.user_words, turn) for _ in range(width))
         plans.append(TurnPlan(texts, profile.max_tokens, rng.uniform(*profile.think)))
-    return SessionPlan(sid, system, tuple(plans))
+    return SessionPlan(sid, SYSTEM_PROMPTS[system], tuple(plans))
 
 
 def plan_users(profile: Profile, seed: int) -> list[list[SessionPlan]]:

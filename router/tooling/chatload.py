@@ -1,6 +1,9 @@
 """A small multi-turn chat load: sessions that resend their growing history every turn.
 
 Used by `kvrouter demo --load` and the tests; the full locust workload lives in loadtests/.
+The summary says whether placement kept each session with its cache: how many follow-up turns
+went to the previous turn's worker, and how much of the history (beyond the system prompt that
+every worker caches anyway) was served from cache.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ class Turn:
     cached_tokens: int
     seconds: float
     error: str = ""
+    completion_tokens: int = 0
+
+
+# KV-cache block size: caches hold whole blocks (vLLM's default and the simulated worker's).
+BLOCK_TOKENS = 16
 
 
 @dataclass(slots=True)
@@ -44,10 +52,52 @@ class LoadReport:
     def errors(self) -> list[Turn]:
         return [t for t in self.turns if t.status != 200]
 
-    def warm_share(self) -> float:
-        """Share of follow-up turns (turn > 1) that found part of their prompt cached."""
-        follow = [t for t in self.turns if t.turn > 1 and t.status == 200]
-        return sum(1 for t in follow if t.cached_tokens > 0) / len(follow) if follow else 0.0
+    def _follow_ups(self) -> list[tuple[Turn, Turn]]:
+        """(previous turn, turn) for every successful turn after a successful first one."""
+        by_session: dict[str, dict[int, Turn]] = {}
+        for t in self.turns:
+            if t.status == 200:
+                by_session.setdefault(t.session, {})[t.turn] = t
+        return [
+            (turns[t.turn - 1], t)
+            for turns in by_session.values()
+            for t in turns.values()
+            if t.turn > 1 and t.turn - 1 in turns
+        ]
+
+    def same_worker_share(self) -> float:
+        """Share of follow-up turns (turn > 1 whose previous turn succeeded) served by the
+        worker that served the previous turn: where the session's history is cached."""
+        pairs = self._follow_ups()
+        return sum(1 for prev, t in pairs if t.worker == prev.worker) / len(pairs) if pairs else 0.0
+
+    def shared_prefix_tokens(self) -> int:
+        """S: the most cached tokens any first turn got. A first turn can only find the prefix
+        every session shares (the system prompt: each user message starts with its session
+        id), so S is the shared system prompt's cached length, in whole blocks."""
+        return max((t.cached_tokens for t in self.turns if t.turn == 1 and t.status == 200),
+                   default=0)  # fmt: skip
+
+    def history_cached_share(self, block: int = BLOCK_TOKENS) -> float:
+        """Share of history tokens served from cache, over the follow-up turns:
+
+            sum(min(H, max(0, cached - S))) / sum(H),
+            H = floor((prompt_prev + completion_prev) / block) * block - S
+
+        where prompt_prev + completion_prev is the conversation up to the end of the
+        previous turn (which this turn's prompt starts with), `block` the KV block size (a
+        cache holds whole blocks, so the last partial block never counts), cached this turn's
+        cached prompt tokens, and S `shared_prefix_tokens()`. The shared system prompt is
+        cached on every worker, so it is left out of both sides: what remains is the part of
+        the cache only the right placement gives. Perfect affinity with no eviction scores
+        100 %."""
+        shared = self.shared_prefix_tokens()
+        history = cached = 0
+        for prev, t in self._follow_ups():
+            own = (prev.prompt_tokens + prev.completion_tokens) // block * block - shared
+            history += max(0, own)
+            cached += min(max(0, own), max(0, t.cached_tokens - shared))
+        return cached / history if history else 0.0
 
     def cached_ratio(self) -> float:
         prompt = sum(t.prompt_tokens for t in self.turns)
@@ -70,8 +120,9 @@ class LoadReport:
             ("requests", f"{len(self.turns)}"),
             ("errors", f"{len(self.errors)}"),
             ("throughput", f"{len(self.turns) / max(self.wall_seconds, 1e-9):.1f} req/s"),
-            ("follow-up turns with a warm cache", f"{self.warm_share():.1%}"),
-            ("prompt tokens served from cache", f"{self.cached_ratio():.1%}"),
+            ("follow-up turns on the previous turn's worker", f"{self.same_worker_share():.1%}"),
+            ("history tokens served from cache", f"{self.history_cached_share():.1%}"),
+            ("prompt tokens served from cache (any)", f"{self.cached_ratio():.1%}"),
             ("sessions that stayed on one worker", f"{self.sessions_on_one_worker():.1%}"),
             ("latency p50 / p99", f"{self.latency(0.5) * 1e3:.0f} ms / "
                                   f"{self.latency(0.99) * 1e3:.0f} ms"),
@@ -83,9 +134,11 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _user_message(rng: random.Random, turn: int) -> str:
+def _user_message(rng: random.Random, session: str, turn: int) -> str:
+    """Starts with the session id, so no two sessions share more than the system prompt."""
     topic = rng.choice(TOPICS)
-    return f"Turn {turn}: how does {topic} interact with our deployment of {rng.randrange(1000)}?"
+    return (f"[{session}] Turn {turn}: how does {topic} interact with our deployment of "
+            f"{rng.randrange(1000)}?")  # fmt: skip
 
 
 async def _one_session(
@@ -99,7 +152,7 @@ async def _one_session(
 ) -> None:
     messages: list[dict[str, str]] = [{"role": "system", "content": SYSTEM_PROMPT}]
     for turn in range(1, turns + 1):
-        messages.append({"role": "user", "content": _user_message(rng, turn)})
+        messages.append({"role": "user", "content": _user_message(rng, session_id, turn)})
         body = orjson.dumps({"model": "sim-model", "messages": messages, "max_tokens": 24})
         started = time.perf_counter()
         result = await _post_turn(http, url, session_id, turn, body, started)
@@ -132,7 +185,8 @@ async def _post_turn(
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     reply = doc["choices"][0]["message"]["content"]
     turn_result = Turn(
-        session_id, turn, 200, worker, route, usage.get("prompt_tokens", 0), cached, elapsed
+        session_id, turn, 200, worker, route, usage.get("prompt_tokens", 0), cached, elapsed,
+        completion_tokens=usage.get("completion_tokens", 0),
     )
     return turn_result, reply
 
