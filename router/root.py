@@ -86,7 +86,7 @@ class Router:
             max_per_worker=settings.limits.max_connections_per_worker,
         )
         outcomes = Outcomes(self.passive, metrics)
-        relay = Relay(outcomes, metrics, settings.timeouts)
+        relay = Relay(outcomes, metrics, settings.timeouts, pool)
         self.forwarder = Forwarder(
             self.upstream, self.placement, pool, outcomes, relay, metrics, settings.retries,
             settings.timeouts,

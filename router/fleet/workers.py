@@ -62,16 +62,13 @@ SERVICE_SMOOTHING = 0.1
 
 class WorkerLease:
     """One call in flight on a worker, counted from `pool.lease()` until the block ends,
-    whichever way it ends. Leaving twice is a no-op: the lease drops its worker on the first.
-    How long leases last feeds the worker's `service_seconds` (a moving average): how long a
-    request holds its place there."""
+    whichever way it ends. Leaving twice is a no-op: the lease drops its worker on the first."""
 
-    __slots__ = ("_started", "_worker")
+    __slots__ = ("_worker",)
 
     def __init__(self, worker: Worker) -> None:
         worker.inflight += 1
         self._worker: Worker | None = worker
-        self._started = time.monotonic()
 
     def __enter__(self) -> Worker:
         assert self._worker is not None, "a lease is entered once"
@@ -89,8 +86,6 @@ class WorkerLease:
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.inflight -= 1
-            held = time.monotonic() - self._started
-            worker.service_seconds += SERVICE_SMOOTHING * (held - worker.service_seconds)
 
 
 Listener = Callable[["WorkerPool"], None]
@@ -132,6 +127,12 @@ class WorkerPool:
     def lease(self, worker: Worker) -> WorkerLease:
         """Count one call in flight on `worker` until the returned lease's block ends."""
         return WorkerLease(worker)
+
+    def record_service(self, worker: Worker, seconds: float) -> None:
+        """How long a streamed answer ran from its first token to its end: the moving average
+        `service_seconds` is how long a request holds its place in the worker's batch (time
+        queued at the worker is left out, since that is what placement estimates with it)."""
+        worker.service_seconds += SERVICE_SMOOTHING * (seconds - worker.service_seconds)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` now and on every change; returns the call that unsubscribes it."""

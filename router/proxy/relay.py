@@ -21,6 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from router.config import TimeoutSettings
+from router.fleet.workers import WorkerPool
 from router.metrics import Children, Metrics
 from router.placement.policies import Decision
 from router.proxy.headers import REHOMED_HEADER, ROUTE_HEADER, WORKER_HEADER, strip_hop_by_hop
@@ -61,6 +62,10 @@ class Answer:
     deadline: float
 
 
+def streaming_events(upstream: Response) -> bool:
+    return upstream.content_type == "text/event-stream"
+
+
 def sse_error_event(message: str, code: str) -> bytes:
     payload = {"error": {"message": message, "type": "server_error", "code": code}}
     return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
@@ -69,8 +74,11 @@ def sse_error_event(message: str, code: str) -> bytes:
 class Relay:
     """Passes answers on and keeps the per-request metrics."""
 
-    def __init__(self, outcomes: Outcomes, metrics: Metrics, timeouts: TimeoutSettings) -> None:
+    def __init__(
+        self, outcomes: Outcomes, metrics: Metrics, timeouts: TimeoutSettings, pool: WorkerPool
+    ) -> None:
         self._outcomes = outcomes
+        self._pool = pool
         self._metrics = metrics
         self._timeouts = timeouts
         self._requests = Children(metrics.requests)
@@ -132,6 +140,7 @@ class Relay:
             response.content_length = upstream.content_length
         sniffer = UsageSniffer()
         sent_first = False
+        first_at = 0.0
         try:
             await response.prepare(request)
             async with asyncio.timeout_at(answer.deadline):
@@ -140,8 +149,9 @@ class Relay:
                     await response.write(chunk if observer is None else observer.feed(chunk))
                     if not sent_first:
                         sent_first = True
+                        first_at = time.perf_counter()
                         self._first_byte_seconds(decision.route.value).observe(
-                            time.perf_counter() - answer.started
+                            first_at - answer.started
                         )
         except asyncio.CancelledError:
             upstream.close()
@@ -158,6 +168,8 @@ class Relay:
             return response
         if upstream.status < 500:
             self._outcomes.succeeded(decision.worker)
+            if sent_first and streaming_events(upstream):
+                self._pool.record_service(decision.worker, time.perf_counter() - first_at)
         self._count_usage(decision, sniffer.usage)
         self._observe(decision, upstream.status, answer.started, first_byte=not sent_first)
         if observer is not None:

@@ -90,7 +90,7 @@ def make(script: dict[str, object], attempts: int = 2, first_byte: float = 5.0, 
     client = FakeClient(script)
     client.pool = pool
     forwarder = Forwarder(
-        client, placement, pool, outcomes, Relay(outcomes, metrics, timeouts),  # type: ignore[arg-type]
+        client, placement, pool, outcomes, Relay(outcomes, metrics, timeouts, pool),  # type: ignore[arg-type]
         metrics, RetrySettings(attempts=attempts, **retry), timeouts,
     )  # fmt: skip
     return forwarder, client, placement, pool, metrics

@@ -2,7 +2,8 @@
 worker is saturated *and* moving is expected to be faster than waiting there.
 
 The wait at home is estimated from the worker's own queue (requests waiting ahead, how many run
-at once, and how long a request holds its place there, measured by the router); the cost of a
+at once, and how long a request holds its place there: the router's moving average of streamed
+answers from first token to end, `Worker.service_seconds`); the cost of a
 move is the recompute of the session's prompt on another worker, estimated from the request
 body's size (`router.placement.cost`). Short histories are cheap to move, so under pressure they
 move first and long ones stay. A moved session goes to the next worker on the ring that is not
