@@ -42,6 +42,16 @@ class Upstream:
         message = {"role": "assistant", "content": f"{kind} reply"}
         return web.json_response({"choices": [{"index": 0, "message": message}]})
 
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """Queued for 0.3 s, then two events 0.2 s apart."""
+        await asyncio.sleep(0.3)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n')
+        await asyncio.sleep(0.2)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
     async def tokenize(self, request: web.Request) -> web.Response:
         self.seen.append(("tokenize", self._inflight()))
         return web.json_response({"count": 7})
@@ -54,6 +64,7 @@ async def upstream() -> AsyncIterator[Upstream]:
     app.router.add_get("/health", healthy)
     app.router.add_post("/v1/chat/completions", fake.chat)
     app.router.add_post("/tokenize", fake.tokenize)
+    app.router.add_post("/v1/completions", fake.stream)
     async with serving(app) as url:
         fake.url = url
         yield fake
@@ -158,3 +169,16 @@ async def test_the_worker_listing_shows_each_workers_load_and_whether_it_is_fres
             text = await resp.text()
         assert 'kvrouter_worker_load_fresh{worker="w0"} 0.0' in text
         assert 'kvrouter_load_scrape_failures_total{worker="w0"}' in text
+
+
+async def test_service_time_is_first_token_to_end_of_streamed_answers_only(upstream, http):
+    async with router(upstream.url) as (url, root):
+        upstream.root = root
+        worker = root.pool.get("w0")
+        assert await chat(http, url, "not streamed") == 200
+        assert worker.service_seconds == 0.0, "a buffered answer says nothing of batch time"
+        async with http.post(url + "/v1/completions", json={"prompt": "x"}) as resp:
+            assert resp.status == 200
+            await resp.read()
+        # 0.1 x (0.2 s from first token to end); the 0.3 s queued before it is left out
+        assert 0.015 <= worker.service_seconds <= 0.03, worker.service_seconds
