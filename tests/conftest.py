@@ -105,6 +105,17 @@ async def healthy(_request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def counted(http: aiohttp.ClientSession, url: str, name: str, **labels: str) -> float:
+    """The sum of a counter's samples in the router's /metrics whose labels include `labels`."""
+    async with http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def chat_body(text: str = "Hello there", max_tokens: int = 8, **extra: Any) -> dict[str, Any]:
     return {
         "model": "sim-model",

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from router.tooling.fleet import RedisNotInstalled, RedisServer
+from tests.conftest import counted
 
 SERVER = {"x-kvrouter-history": "server"}
 pytestmark = pytest.mark.slow
@@ -69,16 +70,6 @@ async def turns_of(http, url: str, session: str) -> list[dict[str, Any]]:
 
 def users(turns: list[dict[str, Any]]) -> list[str]:
     return [m["content"] for t in turns for m in t["messages"] if m["role"] == "user"]
-
-
-async def counted(http, url: str, name: str, **labels: str) -> float:
-    async with http.get(url + "/metrics") as resp:
-        text = await resp.text()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 5.0) -> Any:

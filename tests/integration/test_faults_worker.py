@@ -18,7 +18,7 @@ from router.http.common import ROOT
 from router.root import Router
 from router.server import running
 from router.tooling.launch import free_port
-from tests.conftest import FAST_HEALTH
+from tests.conftest import FAST_HEALTH, counted
 
 pytestmark = pytest.mark.slow
 
@@ -137,16 +137,6 @@ async def stored(http, url: str, session: str) -> list[dict[str, Any]]:
             return []
         assert resp.status == 200
         return (await resp.json())["turns"]
-
-
-async def counted(http, url: str, name: str, **labels: str) -> float:
-    async with http.get(url + "/metrics") as resp:
-        text = await resp.text()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 # fault, stream?, what the client sees, how the turn is stored, the error kind counted

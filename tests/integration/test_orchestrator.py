@@ -13,7 +13,7 @@ from aiohttp import web
 from router.config import parse_settings
 from router.http.auth import key_digest
 from router.tooling.launch import free_port
-from tests.conftest import healthy, serving
+from tests.conftest import counted, healthy, serving
 
 SERVER = {"x-kvrouter-history": "server"}
 
@@ -320,16 +320,6 @@ async def test_a_reply_is_recorded_only_when_its_stream_completes(
     assert [m["role"] for m in second["messages"]] == ["user", "assistant"]
 
 
-async def metric(http, url: str, name: str, **labels: str) -> float:
-    async with http.get(url + "/metrics") as resp:
-        text = await resp.text()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 async def test_a_turn_that_would_pass_max_session_bytes_is_a_413_naming_the_limit(
     upstream, router_in_process, http
 ):
@@ -356,7 +346,7 @@ async def test_a_reply_that_would_pass_max_session_bytes_is_counted_as_a_lost_wr
         assert status == 200 and "reply to" in body.decode()
         document = (await stored(http, url, "s"))[1]
         assert contents(document["messages"]) == [question]
-        assert await metric(http, url, "kvrouter_history_persist_failures_total", op="reply") == 1
+        assert await counted(http, url, "kvrouter_history_persist_failures_total", op="reply") == 1
     assert "store.max_session_bytes" in caplog.text
 
 
@@ -379,4 +369,4 @@ async def test_the_in_memory_store_counts_the_sessions_it_evicts(upstream, route
             assert (await say(http, url, session, "hi"))[0] == 200
         assert (await stored(http, url, "a"))[0] == 404
         assert (await stored(http, url, "c"))[0] == 200
-        assert await metric(http, url, "kvrouter_store_evictions_total", kind="history") == 2
+        assert await counted(http, url, "kvrouter_store_evictions_total", kind="history") == 2

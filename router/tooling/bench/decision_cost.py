@@ -17,8 +17,9 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import get_args
 
-from router.config import LoadSettings, RoutingSettings
+from router.config import LoadSettings, PolicyName, RoutingSettings
 from router.fleet.engines import LoadReading
 from router.fleet.load import Loads
 from router.fleet.workers import Worker, WorkerPool
@@ -27,15 +28,7 @@ from router.placement.place import Balancer, Placement
 from router.placement.session import RoutingKey
 from router.store import MemoryStore
 
-POLICIES = (
-    "cost_aware",
-    "consistent_hash",
-    "bounded_load",
-    "least_loaded",
-    "least_inflight",
-    "round_robin",
-    "random",
-)
+POLICIES = get_args(PolicyName)
 BODY_BYTES = 24_000  # a chat of about 5,000 tokens: what cost_aware weighs a move against
 
 
