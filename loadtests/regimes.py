@@ -171,13 +171,20 @@ def same_turn_placement(results: Results, oracles: Oracles) -> Verdict:
     return Verdict(text, _all(shares, lambda v: v == 1.0), _listed(shares, "{:.1%}"))
 
 
-def hit_within_half_point(results: Results, oracles: Oracles) -> Verdict:
-    text = f"{DEFAULT} hit ratio within 0.5 points of consistent_hash"
-    if not _needs(DEFAULT, "consistent_hash")(results):
-        return _skipped(text)
-    gaps = _per_run(results, lambda runs, _: (
-        runs[DEFAULT].summary.hit_ratio - runs["consistent_hash"].summary.hit_ratio) * 100)
-    return Verdict(text, _all(gaps, lambda v: abs(v) <= 0.5), _listed(gaps, "{:+.2f} points"))
+def hit_within(points: float) -> Check:
+    """The default's hit ratio within `points` of consistent_hash's, in every run."""
+
+    def check(results: Results, oracles: Oracles) -> Verdict:
+        text = f"{DEFAULT} hit ratio within {points:g} points of consistent_hash"
+        if not _needs(DEFAULT, "consistent_hash")(results):
+            return _skipped(text)
+        gaps = _per_run(results, lambda runs, _: (
+            runs[DEFAULT].summary.hit_ratio - runs["consistent_hash"].summary.hit_ratio) * 100)
+        return Verdict(
+            text, _all(gaps, lambda v: abs(v) <= points), _listed(gaps, "{:+.2f} points")
+        )
+
+    return check
 
 
 def nobody_queues(results: Results, oracles: Oracles) -> Verdict:
@@ -236,15 +243,6 @@ def p99_cut(results: Results, oracles: Oracles) -> Verdict:
     return Verdict(text, _all(cuts, lambda v: v >= 0.3), _listed(cuts, "{:.0%}"))
 
 
-def hit_within_five_points(results: Results, oracles: Oracles) -> Verdict:
-    text = f"{DEFAULT} hit ratio within 5 points of consistent_hash"
-    if not _needs(DEFAULT, "consistent_hash")(results):
-        return _skipped(text)
-    gaps = _per_run(results, lambda runs, _: (
-        runs[DEFAULT].summary.hit_ratio - runs["consistent_hash"].summary.hit_ratio) * 100)
-    return Verdict(text, _all(gaps, lambda v: abs(v) <= 5.0), _listed(gaps, "{:+.2f} points"))
-
-
 def hit_above_load_only(results: Results, oracles: Oracles) -> Verdict:
     text = f"{DEFAULT} hit ratio above least_loaded's"
     if not _needs(DEFAULT, "least_loaded")(results):
@@ -271,7 +269,7 @@ def _regimes(light: Profile, real: MultiRound, skew: ZipfActivity) -> dict[str, 
     return {
         "light": Regime(
             "light", "light load", light, SimSettings(cache_tokens=200_000), 16,
-            (nobody_queues, nothing_evicted), (same_turn_placement, hit_within_half_point),
+            (nobody_queues, nothing_evicted), (same_turn_placement, hit_within(0.5)),
         ),
         "real": Regime(
             "real", "real client (multi-round QA shape)", real,
@@ -280,7 +278,7 @@ def _regimes(light: Profile, real: MultiRound, skew: ZipfActivity) -> dict[str, 
         "skew": Regime(
             "skew", "saturating skew (Zipf session activity)", skew,
             SimSettings(cache_tokens=96_000), 2, (hottest_queues_half_the_time,),
-            (p99_cut, hit_within_five_points, hit_above_load_only),
+            (p99_cut, hit_within(5), hit_above_load_only),
         ),
     }  # fmt: skip
 
