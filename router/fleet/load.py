@@ -85,7 +85,6 @@ class Loads:
         self.reconfigure(settings, saturation)
 
     def reconfigure(self, settings: LoadSettings, saturation: SaturationSettings) -> None:
-        self.settings = settings
         self._stale_after = settings.stale_after if settings.enabled else -1.0
         self._kv_limit = saturation.kv_usage
         self._hold = saturation.hold

@@ -93,9 +93,9 @@ class Balancer:
         self.reconfigure(settings)
 
     def reconfigure(self, settings: RoutingSettings) -> None:
-        """Apply new routing settings: the policy is built again over the same pool."""
+        """Apply new routing settings: the policy is built again over the same pool (the
+        load figures' owner, the root, applies `routing.saturation` to them)."""
         self._settings = settings
-        self.loads.reconfigure(self.loads.settings, settings.saturation)
         self.slow_start = SlowStart(settings.slow_start, self._clock)
         self.policy: Policy = build_policy(
             settings, self.slow_start, self.loads, self._clock, self._rng
