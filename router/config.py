@@ -265,6 +265,83 @@ class LoadSettings(BaseModel):
         return value
 
 
+DiscoverySource = Literal["static", "dns", "kubernetes"]
+
+
+class DnsDiscoverySettings(BaseModel):
+    """Workers from DNS: the A and AAAA records of a name (a Kubernetes headless Service), each
+    address at `port`; or its SRV records, each target at the record's own port."""
+
+    model_config = _STRICT
+    name: str = Field(min_length=1, description="e.g. vllm.default.svc.cluster.local")
+    record: Literal["A", "SRV"] = Field(default="A", description="A: A and AAAA; SRV: SRV")
+    port: int | None = Field(default=None, ge=1, le=65535, description="required with A")
+    scheme: Literal["http", "https"] = "http"
+    engine: EngineName | None = Field(default=None, description="unset: the top-level engine")
+    interval: PositiveSeconds = 5.0
+    timeout: PositiveSeconds = 2.0
+    nameservers: tuple[str, ...] = Field(
+        default=(), description="HOST or HOST:PORT; empty: the system's resolv.conf"
+    )
+
+    @model_validator(mode="after")
+    def _port_for_a(self) -> DnsDiscoverySettings:
+        if self.record == "A" and self.port is None:
+            raise ValueError("record A needs a port (SRV records carry their own)")
+        return self
+
+
+class KubernetesDiscoverySettings(BaseModel):
+    """Workers from the EndpointSlices that match a label selector in one namespace."""
+
+    model_config = _STRICT
+    namespace: str = "default"
+    selector: str = Field(
+        min_length=1, description="label selector, e.g. kubernetes.io/service-name=vllm"
+    )
+    port: int | None = Field(default=None, ge=1, le=65535, description="unset: the slice's port")
+    port_name: str | None = Field(default=None, description="pick the slice port by name")
+    scheme: Literal["http", "https"] = "http"
+    engine: EngineName | None = Field(default=None, description="unset: the top-level engine")
+    weight_annotation: str | None = Field(
+        default=None, description="pod annotation holding a weight; reading it needs pods get"
+    )
+    kubeconfig: str | None = Field(
+        default=None, description="unset: in-cluster credentials, else ~/.kube/config"
+    )
+    timeout: PositiveSeconds = Field(default=10.0, description="each list call")
+    watch_seconds: int = Field(
+        default=300, ge=1, le=3600, description="server-side timeout of each watch"
+    )
+
+
+class DiscoverySettings(BaseModel):
+    """Where the worker list comes from: `static` is `workers:`; `dns` and `kubernetes` follow
+    the fleet as it changes. A source that fails keeps the last good list."""
+
+    model_config = _STRICT
+    source: DiscoverySource = "static"
+    dns: DnsDiscoverySettings | None = None
+    kubernetes: KubernetesDiscoverySettings | None = None
+
+    @model_validator(mode="after")
+    def _source_configured(self) -> DiscoverySettings:
+        if self.source != "static" and getattr(self, self.source) is None:
+            raise ValueError(f"source {self.source} needs a `{self.source}:` section")
+        return self
+
+
+class DrainSettings(BaseModel):
+    """A worker leaving (removed by discovery or reload, or drained by the admin API) takes no
+    new sessions; sessions it served within `idle` seconds keep going to it until they have
+    been idle that long or `timeout` has passed since the drain began. Then they move."""
+
+    model_config = _STRICT
+    timeout: PositiveSeconds = Field(default=300.0, le=86_400)
+    idle: PositiveSeconds = Field(default=120.0, le=86_400)
+    check_interval: PositiveSeconds = Field(default=1.0, le=60)
+
+
 class LimitSettings(BaseModel):
     model_config = _STRICT
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
@@ -399,7 +476,9 @@ class Settings(BaseModel):
 
     model_config = _STRICT
     listen: ListenAddress = "127.0.0.1:8080"
-    workers: tuple[WorkerSettings, ...] = Field(min_length=1)
+    workers: tuple[WorkerSettings, ...] = ()
+    discovery: DiscoverySettings = DiscoverySettings()
+    drain: DrainSettings = DrainSettings()
     session: SessionSettings = SessionSettings()
     health: HealthSettings = HealthSettings()
     routing: RoutingSettings = RoutingSettings()
@@ -422,6 +501,15 @@ class Settings(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _workers_for_static(self) -> Settings:
+        if self.discovery.source == "static" and not self.workers:
+            raise ValueError(
+                "workers: list at least one worker (or set discovery.source to dns or "
+                "kubernetes)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _unique_worker_names(self) -> Settings:
         names = [w.display_name for w in self.workers]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -440,6 +528,10 @@ class Settings(BaseModel):
         ]
         if self.engine == "custom" and any(w.engine is None for w in self.workers):
             users.insert(0, "engine")
+        source = self.discovery.source
+        found = getattr(self.discovery, source) if source != "static" else None
+        if found is not None and (found.engine or self.engine) == "custom":
+            users.append(f"discovery.{source}.engine")
         if users:
             raise ValueError(
                 f"{', '.join(users)}: engine custom needs custom_metrics naming the family "

@@ -1,0 +1,1 @@
+"""Where the worker list comes from: static settings, DNS, or Kubernetes EndpointSlices."""
