@@ -502,10 +502,16 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _workers_for_static(self) -> Settings:
-        if self.discovery.source == "static" and not self.workers:
+        source = self.discovery.source
+        if source == "static" and not self.workers:
             raise ValueError(
                 "workers: list at least one worker (or set discovery.source to dns or "
                 "kubernetes)"
+            )
+        if source != "static" and self.workers:
+            raise ValueError(
+                f"workers: is the static list; with discovery.source {source} the workers "
+                "come from discovery, so leave it out"
             )
         return self
 

@@ -223,6 +223,55 @@ class Metrics:
             ["action", "outcome"], registry=r,
         )  # fmt: skip
 
+        # Membership: discovery, drains, reloads.
+        self.discovery_up = Gauge(
+            f"{p}_discovery_up",
+            "1 when the discovery source's last lookup succeeded; 0 while it fails and the "
+            "last good worker list stays in use.",
+            ["source"], registry=r,
+        )  # fmt: skip
+        self.discovery_failures = Counter(
+            f"{p}_discovery_failures_total", "Discovery lookups that failed, by source.",
+            ["source"], registry=r,
+        )  # fmt: skip
+        self.discovery_last_success = Gauge(
+            f"{p}_discovery_last_success_timestamp_seconds",
+            "When the discovery source last returned a worker list (Unix time).",
+            ["source"], registry=r,
+        )  # fmt: skip
+        self.membership_changes = Counter(
+            f"{p}_membership_changes_total",
+            "Workers added, removed, drained, undrained or updated (weight, engine, URL).",
+            ["change"], registry=r,
+        )  # fmt: skip
+        self.drains = Counter(
+            f"{p}_drains_total",
+            "Drains begun, by reason (removed, terminating, admin).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.drains_ended = Counter(
+            f"{p}_drains_ended_total",
+            "Drains whose sessions moved on, by how (idle, timeout, unhealthy).",
+            ["how"], registry=r,
+        )  # fmt: skip
+        self.reloads = Counter(
+            f"{p}_config_reloads_total",
+            "Configuration reloads (SIGHUP), by outcome (applied, invalid, unchanged).",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+
+    def forget_worker(self, name: str) -> None:
+        """Drop a removed worker's gauges, so dashboards do not show it forever (its counters
+        stay: they are history)."""
+        for gauge in (
+            self.worker_healthy, self.worker_inflight, self.worker_load_fresh,
+            self.worker_running, self.worker_waiting, self.worker_kv_usage,
+        ):  # fmt: skip
+            try:
+                gauge.remove(name)
+            except KeyError:
+                pass
+
     def store_call(self, op: str, store: str) -> Timed:
         """`with metrics.store_call("read", store.name):` times one successful store call."""
         return Timed(self.store_seconds.labels(op, store))

@@ -14,9 +14,12 @@ import logging
 import aiohttp
 
 from router.config import Settings
+from router.fleet.discovery import build_source
+from router.fleet.drain import Drains
 from router.fleet.engines import MetricNames, metric_names
 from router.fleet.health import HealthChecker
 from router.fleet.load import LoadMonitor, Loads
+from router.fleet.membership import Membership
 from router.fleet.passive import FailureCounts, PassiveHealth
 from router.fleet.workers import Worker, WorkerPool
 from router.http.auth import Authenticator
@@ -75,9 +78,14 @@ class Router:
         self.store: SessionStore = make_store(
             settings.store, on_evict=lambda kind: metrics.store_evictions.labels(kind).inc()
         )
+        self.drains = Drains(pool, settings.drain, metrics)
+        self.membership = Membership(pool, self.drains, metrics, settings.engine)
         self.loads = Loads(settings.load, settings.routing.saturation)
         self.balancer = Balancer(pool, settings.routing, loads=self.loads)
-        self.placement = Placement(self.balancer, self.store, settings.routing.pins, metrics)
+        self.placement = Placement(
+            self.balancer, self.store, settings.routing.pins, metrics,
+            drains=self.drains, drain=settings.drain,
+        )  # fmt: skip
         self.calls = WorkerCalls(self.placement, pool)
         self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
         self.authenticator = Authenticator(settings.auth)
@@ -114,13 +122,18 @@ class Router:
         return metric_names(worker.engine, self.settings.custom_metrics)
 
     async def start(self) -> None:
-        """Bring the background pieces up, in order."""
+        """Bring the background pieces up, in order: the static list is in the pool from the
+        start; other sources fill it as soon as they have a list."""
+        self.membership.run(build_source(self.settings))
+        self.drains.start()
         self.checker.start()
         self.monitor.start()
 
     async def stop(self) -> None:
         """Take everything down in reverse order; pending history writes get a short grace."""
         self.stopping = True
+        await self.membership.stop()
+        await self.drains.stop()
         await self.monitor.stop()
         await self.checker.stop()
         await self.summarizer.close()
@@ -133,15 +146,22 @@ class Router:
     def reconfigure(self, settings: Settings) -> None:
         """Hand new settings to every running component (the reload seam). Settings fixed
         when the app and its sockets were built (listen, store, metrics prefix, body limit,
-        connection caps) take effect at the next start; membership changes go through the
-        pool."""
-        self.settings = settings
+        connection caps) take effect at the next start (`router.reload` says which). A new
+        worker list or discovery source is handed to the membership, which applies the
+        difference."""
+        old, self.settings = self.settings, settings
+        if (settings.discovery, settings.workers, settings.engine) != (
+            old.discovery, old.workers, old.engine
+        ):
+            self.membership.reconfigure(settings.engine)
+            self.membership.run(build_source(settings))
+        self.drains.reconfigure(settings.drain)
         self.passive.reconfigure(settings.health.passive)
         self.checker.reconfigure(settings.health)
         self.monitor.reconfigure(settings.load)
         self.loads.reconfigure(settings.load, settings.routing.saturation)
         self.balancer.reconfigure(settings.routing)
-        self.placement.reconfigure(settings.routing.pins)
+        self.placement.reconfigure(settings.routing.pins, settings.drain)
         self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
         self.authenticator = Authenticator(settings.auth)
         self.forwarder.reconfigure(settings.retries, settings.timeouts)

@@ -2,7 +2,8 @@
 
 A `Worker` is read by everyone (policies read health, weight and in-flight count on every
 decision) and written only here: health changes state through `set_state` and `eject`, the
-admin API weights through `set_weight`, and every call to a worker (proxied request, summary,
+admin API weights through `set_weight`, membership and drains through `add`, `remove`,
+`set_draining` and `set_engine`, and every call to a worker (proxied request, summary,
 tokenizer call) holds a `lease`, which is the only thing that counts it in flight. The pool
 tells its listeners (the balancer, the health checker) when membership, state or weight
 changes, so placement is rebuilt on change, never per request.
@@ -10,6 +11,7 @@ changes, so placement is rebuilt on change, never per request.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,9 +22,11 @@ from router.config import WorkerSettings
 
 
 class WorkerState(enum.StrEnum):
+    """What health checks say. Draining is apart from it (`Worker.draining`): a draining
+    worker can still die, and then its existing sessions stop going to it."""
+
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
-    DRAINING = "draining"
 
 
 @dataclass(eq=False, slots=True)
@@ -38,18 +42,22 @@ class Worker:
     last_change: float = field(default_factory=time.monotonic)
     engine: str = "vllm"
     service_seconds: float = 0.0
+    draining: bool = False
+    last_keyed: float = -1e18  # monotonic time a keyed request was last placed here
 
     @property
     def available(self) -> bool:
-        """Can take new requests: healthy and not ejected by passive health checks."""
-        return self.state is WorkerState.HEALTHY
+        """Can take new sessions: healthy, not ejected by passive health checks, not
+        draining."""
+        return self.state is WorkerState.HEALTHY and not self.draining
 
     def snapshot(self) -> dict[str, object]:
         return {
             "name": self.name,
             "url": self.url,
             "weight": self.weight,
-            "state": self.state.value,
+            "state": "draining" if self.draining else self.state.value,
+            "health": self.state.value,
             "inflight": self.inflight,
             "engine": self.engine,
             "service_seconds": round(self.service_seconds, 4),
@@ -97,6 +105,8 @@ class WorkerPool:
     def __init__(self, workers: Iterable[Worker] = ()) -> None:
         self._workers: dict[str, Worker] = {}
         self._listeners: list[Listener] = []
+        self._batching = 0
+        self._changed = False
         for worker in workers:
             self._workers[worker.name] = worker
 
@@ -134,6 +144,11 @@ class WorkerPool:
         queued at the worker is left out, since that is what placement estimates with it)."""
         worker.service_seconds += SERVICE_SMOOTHING * (seconds - worker.service_seconds)
 
+    def placed_keyed(self, worker: Worker, now: float) -> None:
+        """A request with a routing key was placed on `worker` at `now` (monotonic): what
+        tells a drain whether the worker's sessions have gone idle."""
+        worker.last_keyed = now
+
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` now and on every change; returns the call that unsubscribes it."""
         self._listeners.append(listener)
@@ -146,8 +161,23 @@ class WorkerPool:
         return unsubscribe
 
     def _notify(self) -> None:
+        if self._batching:
+            self._changed = True
+            return
         for listener in tuple(self._listeners):
             listener(self)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make several changes and tell the listeners once, at the end of the block."""
+        self._batching += 1
+        try:
+            yield
+        finally:
+            self._batching -= 1
+            if not self._batching and self._changed:
+                self._changed = False
+                self._notify()
 
     def set_state(self, worker: Worker, state: WorkerState) -> bool:
         """Change a worker's state; returns whether anything changed."""
@@ -179,5 +209,19 @@ class WorkerPool:
     def set_weight(self, worker: Worker, weight: float) -> None:
         if weight <= 0:
             raise ValueError("weight must be positive")
-        worker.weight = weight
+        if worker.weight != weight:
+            worker.weight = weight
+            self._notify()
+
+    def set_draining(self, worker: Worker, draining: bool) -> bool:
+        """Start or stop draining `worker`; returns whether anything changed."""
+        if worker.draining is draining:
+            return False
+        worker.draining = draining
+        worker.last_change = time.monotonic()
         self._notify()
+        return True
+
+    def set_engine(self, worker: Worker, engine: str) -> None:
+        """What the worker runs (how its /metrics are read); takes effect at its next scrape."""
+        worker.engine = engine

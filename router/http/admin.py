@@ -8,7 +8,7 @@ import hmac
 from aiohttp import web
 
 from router.errors import BadRequest, NotFound, RouterError
-from router.fleet.workers import Worker, WorkerState
+from router.fleet.workers import Worker
 from router.http.common import ROOT, json_response
 from router.placement.session import RoutingKey
 from router.root import Router
@@ -40,7 +40,12 @@ def _worker(root: Router, name: str) -> Worker:
 
 
 def _describe(root: Router, worker: Worker) -> dict[str, object]:
-    return {**worker.snapshot(), **root.passive.describe(worker), **root.loads.describe(worker)}
+    return {
+        **worker.snapshot(),
+        **root.passive.describe(worker),
+        **root.loads.describe(worker),
+        **root.drains.describe(worker),
+    }
 
 
 async def list_workers(request: web.Request) -> web.Response:
@@ -49,19 +54,19 @@ async def list_workers(request: web.Request) -> web.Response:
 
 
 async def drain(request: web.Request) -> web.Response:
-    """New sessions and fallbacks avoid a draining worker; its open streams finish."""
+    """Session-aware drain (`router.fleet.drain`): no new sessions; the sessions the worker
+    holds finish on it until idle or `drain.timeout`. The worker stays listed until undrained."""
     root = _authorized(request)
     worker = _worker(root, request.match_info["name"])
-    root.pool.set_state(worker, WorkerState.DRAINING)
+    root.drains.begin(worker, remove=False, reason="admin")
     return json_response(_describe(root, worker))
 
 
 async def undrain(request: web.Request) -> web.Response:
-    """Back into service once `health.rise` probes pass: it may have been restarted."""
+    """Back into service, as health checks see it (they kept probing while it drained)."""
     root = _authorized(request)
     worker = _worker(root, request.match_info["name"])
-    if worker.state is WorkerState.DRAINING:
-        root.pool.set_state(worker, WorkerState.UNHEALTHY)
+    root.drains.cancel(worker)
     return json_response(_describe(root, worker))
 
 

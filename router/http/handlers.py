@@ -44,11 +44,14 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     root = request.app[ROOT]
     healthy = [w.name for w in root.pool.healthy()]
+    discovery = root.membership.status.describe()
     if root.stopping:
-        return json_response({"status": "stopping", "healthy_workers": healthy}, 503)
+        status = {"status": "stopping", "healthy_workers": healthy, "discovery": discovery}
+        return json_response(status, 503)
     if not healthy:
-        return json_response({"status": "no healthy worker", "healthy_workers": []}, 503)
-    return json_response({"status": "ready", "healthy_workers": healthy})
+        status = {"status": "no healthy worker", "healthy_workers": [], "discovery": discovery}
+        return json_response(status, 503)
+    return json_response({"status": "ready", "healthy_workers": healthy, "discovery": discovery})
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -29,8 +29,9 @@ from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
-from router.config import LoadSettings, PinSettings, RoutingSettings
+from router.config import DrainSettings, LoadSettings, PinSettings, RoutingSettings
 from router.errors import DegradedRefusal, NoHealthyWorker
+from router.fleet.drain import Drains
 from router.fleet.load import Loads
 from router.fleet.workers import Worker, WorkerPool
 from router.metrics import Metrics
@@ -43,6 +44,7 @@ from router.placement.policies import (
     build_policy,
     can_take,
 )
+from router.placement.served import ServedLog
 from router.placement.session import RoutingKey
 from router.store import SessionStore
 
@@ -51,19 +53,22 @@ __all__ = ["Balancer", "Decision", "Placement", "PlacementContext", "Rehome", "R
 log = logging.getLogger("kvrouter.placement")
 
 WRITE_TIMEOUT = 2.0
+SERVED_CAPACITY = 200_000
 
 
 @dataclass(frozen=True, slots=True)
 class PlacementContext:
     """What one decision is about: the key's ring position (`hash_key`, None for requests
     without a key), the workers not to use (`avoid`: already tried for this request), the
-    worker holding the session's cache after an earlier move (`pinned`), and the size of the
-    request body in bytes (`size`: what a move would have to recompute)."""
+    worker holding the session's cache after an earlier move (`pinned`), the size of the
+    request body in bytes (`size`: what a move would have to recompute), and a draining worker
+    this session is existing on, which keeps it while its drain lasts (`existing`)."""
 
     hash_key: str | None
     avoid: Collection[str] = ()
     pinned: str | None = None
     size: int = 0
+    existing: str | None = None
 
 
 class Balancer:
@@ -111,6 +116,13 @@ class Balancer:
         return self.policy.name
 
     @property
+    def pool(self) -> WorkerPool:
+        return self._pool
+
+    def worker(self, name: str) -> Worker | None:
+        return self._by_name.get(name)
+
+    @property
     def keyed(self) -> bool:
         """Whether the policy places by key, so pins and re-homing mean something."""
         return self.policy.keyed
@@ -132,6 +144,11 @@ class Balancer:
     def decide(self, context: PlacementContext) -> Decision:
         """A worker for this attempt; raises NoHealthyWorker (or DegradedRefusal) when none
         may take it."""
+        existing = context.existing
+        if existing is not None and existing not in context.avoid:
+            holder = self._by_name.get(existing)
+            if holder is not None:  # a draining worker finishing the sessions it holds
+                return Decision(holder, Route.AFFINITY, holder)
         decision = self._decide(context.hash_key, context.avoid, context.pinned, context.size)
         if self.degraded and self._refuse_when_degraded and decision.route is not Route.AFFINITY:
             healthy, total = self._healthy
@@ -188,18 +205,32 @@ class Placement:
     pending pin writes."""
 
     def __init__(
-        self, balancer: Balancer, store: SessionStore, settings: PinSettings, metrics: Metrics
+        self,
+        balancer: Balancer,
+        store: SessionStore,
+        settings: PinSettings,
+        metrics: Metrics,
+        *,
+        drains: Drains | None = None,
+        drain: DrainSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.balancer = balancer
         self._store = store
         self._metrics = metrics
+        self._clock = clock
+        self._drains = drains
+        drain = drain or DrainSettings()
+        self._served = ServedLog(store, drain.idle, SERVED_CAPACITY, clock)
         self._writes: set[asyncio.Task[None]] = set()
-        self.reconfigure(settings)
+        self.reconfigure(settings, drain)
 
-    def reconfigure(self, settings: PinSettings) -> None:
-        """Apply new pin settings (and the balancer's policy, if it changed)."""
+    def reconfigure(self, settings: PinSettings, drain: DrainSettings | None = None) -> None:
+        """Apply new pin and drain settings (and the balancer's policy, if it changed)."""
         balancer, metrics = self.balancer, self._metrics
         self._settings = settings
+        if drain is not None:
+            self._served.reconfigure(drain.idle)
         self._pins = settings.enabled and balancer.keyed
         metrics.routing_policy.clear()
         metrics.routing_policy.labels(balancer.name).set(1)
@@ -211,20 +242,60 @@ class Placement:
         """The decision for one attempt; `avoid` names the workers already tried, `size` is
         the request body's length."""
         pinned = await self._pinned(key)
-        decision = self.balancer.decide(PlacementContext(key.hash_key, avoid, pinned, size))
+        hash_key = key.hash_key
+        existing = None
+        drains = self._drains
+        if drains is not None and drains.keeping and hash_key is not None:
+            existing = await self._existing(key, hash_key, pinned)
+        decision = self.balancer.decide(
+            PlacementContext(hash_key, avoid, pinned, size, existing)
+        )
         self._placed[decision.route].inc()
         if decision.rehomed is not None:
             self._metrics.rehomed.labels(decision.rehomed.value).inc()
+        if hash_key is not None and self.balancer.keyed:
+            self._note_served(key, hash_key, decision.worker)
         if self._pins and key.session is not None:
             await self._record(key, decision, pinned)
         return decision
+
+    def _note_served(self, key: RoutingKey, hash_key: str, worker: Worker) -> None:
+        now = self._clock()
+        self.balancer.pool.placed_keyed(worker, now)
+        if self._served.note(key, hash_key, worker.name, now):
+            task = asyncio.get_running_loop().create_task(
+                self._guarded("served", self._served.write(key, worker.name))
+            )
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _existing(self, key: RoutingKey, hash_key: str, pinned: str | None) -> str | None:
+        """The draining worker holding this session's cache, if the session is existing on
+        it and its drain still keeps sessions (see `router.placement.served`)."""
+        balancer, drains = self.balancer, self._drains
+        holder = balancer.worker(pinned) if pinned is not None else balancer.ring_home(hash_key)
+        if holder is None or drains is None or not drains.keeps_sessions(holder):
+            return None
+        try:
+            served = await self._served.served_by(key, hash_key, self._settings.store_timeout)
+        except Exception as err:  # unknown: treat the session as new (it moves)
+            self._metrics.pin_operations.labels("served_read", "error").inc()
+            log.debug("served read for %s failed: %r", hash_key, err)
+            return None
+        return holder.name if served == holder.name else None
 
     async def preview(self, key: RoutingKey) -> tuple[str | None, Decision | None]:
         """Where `key` would be placed now (the pin honoured as `place` would), without
         counting or writing anything: (pinned worker, decision or None if none can take it)."""
         pinned = await self._pinned(key)
+        hash_key = key.hash_key
+        existing = None
+        if self._drains is not None and self._drains.keeping and hash_key is not None:
+            existing = await self._existing(key, hash_key, pinned)
         try:
-            return pinned, self.balancer.decide(PlacementContext(key.hash_key, (), pinned))
+            return pinned, self.balancer.decide(
+                PlacementContext(hash_key, (), pinned, existing=existing)
+            )
         except NoHealthyWorker:
             return pinned, None
 

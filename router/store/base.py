@@ -63,6 +63,14 @@ class SessionStore(Protocol):
 
     async def delete_pin(self, tenant: str, session: str) -> None: ...
 
+    async def get_served(self, tenant: str, session: str) -> str | None:
+        """The worker recorded as serving the session's last turn, unless the record expired
+        (how a draining worker tells its existing sessions from new ones). Never raises for
+        an unreachable store: None."""
+
+    async def set_served(self, tenant: str, session: str, worker: str, ttl: float) -> None:
+        """Record that `worker` served the session's last turn, for `ttl` seconds."""
+
     async def read_history(self, tenant: str, session: str) -> StoredHistory:
         """The whole history in one consistent snapshot; empty for an unknown session."""
 

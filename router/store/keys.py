@@ -16,9 +16,10 @@ def session_base(prefix: str, tenant: str, session: str) -> str:
 
 
 def session_keys(prefix: str, tenant: str, session: str) -> dict[str, str]:
-    """The keys of one session: history, applied op ids, meta hash, entry lengths, pin."""
+    """The keys of one session: history, applied op ids, meta hash, entry lengths, pin, and
+    the worker that served its last turn (`srv`)."""
     base = session_base(prefix, tenant, session)
-    return {part: f"{base}:{part}" for part in ("h", "ids", "meta", "lens", "pin")}
+    return {part: f"{base}:{part}" for part in ("h", "ids", "meta", "lens", "pin", "srv")}
 
 
 def trim_slack(cap: int) -> int:

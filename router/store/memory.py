@@ -152,6 +152,7 @@ class MemoryStore:
         self._clock = clock
         self._max_bytes = max_session_bytes
         self._pins: _Recent[tuple[str, str], _Pin] = _Recent(max_pins, lambda p: p.expires)
+        self._served: _Recent[tuple[str, str], _Pin] = _Recent(max_pins, lambda p: p.expires)
         self._ttl = history_ttl
         self._max_messages = max_messages
         self._sessions: _Recent[tuple[str, str], _Conversation] = _Recent(
@@ -171,6 +172,15 @@ class MemoryStore:
 
     async def delete_pin(self, tenant: str, session: str) -> None:
         self._pins.pop((tenant, session))
+
+    async def get_served(self, tenant: str, session: str) -> str | None:
+        served = self._served.get((tenant, session), self._clock())
+        return served.worker if served is not None else None
+
+    async def set_served(self, tenant: str, session: str, worker: str, ttl: float) -> None:
+        now = self._clock()
+        evicted = self._served.put((tenant, session), _Pin(worker, now + ttl), now)
+        self._evictions.evicted("pin", evicted)
 
     def _live(self, tenant: str, session: str) -> _Conversation | None:
         return self._sessions.get((tenant, session), self._clock())
@@ -261,8 +271,10 @@ class MemoryStore:
 
     async def forget(self, tenant: str, session: str) -> bool:
         pin = self._pins.pop((tenant, session))
+        self._served.pop((tenant, session))
         return self._sessions.pop((tenant, session)) is not None or pin is not None
 
     async def close(self) -> None:
         self._pins.clear()
+        self._served.clear()
         self._sessions.clear()

@@ -302,15 +302,25 @@ class RedisStore:
         )
 
     async def get_pin(self, tenant: str, session: str) -> str | None:
-        key = self._keys(tenant, session)["pin"]
+        return await self._get_marker(self._keys(tenant, session)["pin"])
+
+    async def set_pin(self, tenant: str, session: str, worker: str, ttl: float) -> None:
+        await self._set_marker(self._keys(tenant, session)["pin"], worker, ttl)
+
+    async def get_served(self, tenant: str, session: str) -> str | None:
+        return await self._get_marker(self._keys(tenant, session)["srv"])
+
+    async def set_served(self, tenant: str, session: str, worker: str, ttl: float) -> None:
+        await self._set_marker(self._keys(tenant, session)["srv"], worker, ttl)
+
+    async def _get_marker(self, key: str) -> str | None:
         try:
             value = await self._call(lambda: self._redis.get(key))
         except StoreUnavailable:
             return None
         return value.decode() if value is not None else None
 
-    async def set_pin(self, tenant: str, session: str, worker: str, ttl: float) -> None:
-        key = self._keys(tenant, session)["pin"]
+    async def _set_marker(self, key: str, worker: str, ttl: float) -> None:
         try:
             await self._call(lambda: self._redis.set(key, worker, px=max(1, int(ttl * 1000))))
         except StoreUnavailable:

@@ -32,29 +32,45 @@ async def test_admin_api_is_off_without_a_token_and_rejects_a_bad_one(
             assert [w["name"] for w in (await resp.json())["workers"]] == ["sim-0"]
 
 
-async def test_draining_a_worker_moves_its_sessions_which_then_stay_where_their_cache_is(
+async def session_homed_on(http, url: str, worker: str, prefix: str) -> str:
+    """A session id whose ring home is `worker` (asked of the admin API)."""
+    for i in range(200):
+        async with http.get(url + f"/admin/sessions/{prefix}{i}", headers=AUTH) as resp:
+            if (await resp.json())["home"] == worker:
+                return f"{prefix}{i}"
+    raise AssertionError(f"no session of 200 hashes to {worker}")
+
+
+async def test_an_admin_drain_keeps_existing_sessions_until_idle_then_moves_them(
     sim_fleet, router_in_process, http
 ):
     fleet = sim_fleet(2, "--time-scale", "0")
-    settings = fleet.settings(admin={"token": TOKEN}, routing={"slow_start": {"window": 0}})
+    settings = fleet.settings(
+        admin={"token": TOKEN},
+        routing={"slow_start": {"window": 0}},
+        drain={"idle": 0.6, "check_interval": 0.05, "timeout": 30},
+    )
     async with router_in_process(settings) as url:
         home, route = await served_by(http, url, "d1")
         assert route == "affinity"
-        async with http.get(url + "/admin/sessions/d1", headers=AUTH) as resp:
-            assert (await resp.json())["home"] == home
         async with http.post(url + f"/admin/workers/{home}/drain", headers=AUTH) as resp:
-            assert (await resp.json())["state"] == "draining"
+            listed = await resp.json()
+        assert listed["state"] == "draining" and listed["drain"]["keeps_sessions"] is True
+        # d1 is existing on the draining worker: it stays; a new session homed there moves.
+        assert await served_by(http, url, "d1") == (home, "affinity")
+        new = await session_homed_on(http, url, home, "new-")
+        moved_new, route = await served_by(http, url, new)
+        assert moved_new != home and route == "fallback"
+        assert await served_by(http, url, "d1") == (home, "affinity")
+        # Idle for drain.idle: the drain ends and d1 moves too, then stays where it went.
+        await asyncio.sleep(0.9)
+        async with http.get(url + "/admin/workers", headers=AUTH) as resp:
+            drained = {w["name"]: w for w in (await resp.json())["workers"]}[home]
+        assert drained["state"] == "draining" and drained["drain"]["keeps_sessions"] is False
         moved_to, route = await served_by(http, url, "d1")
         assert moved_to != home and route == "fallback"
         async with http.post(url + f"/admin/workers/{home}/undrain", headers=AUTH) as resp:
-            assert resp.status == 200
-        for _ in range(50):
-            async with http.get(url + "/admin/workers", headers=AUTH) as resp:
-                states = {w["name"]: w["state"] for w in (await resp.json())["workers"]}
-            if states[home] == "healthy":
-                break
-            await asyncio.sleep(0.1)
-        assert states[home] == "healthy"
+            assert (await resp.json())["state"] == "healthy"
         async with http.get(url + "/admin/sessions/d1", headers=AUTH) as resp:
             where = await resp.json()
         assert where["pinned"] == moved_to and where["worker"] == moved_to

@@ -101,7 +101,7 @@ def test_unkeyed_requests_rotate_over_idle_workers():
 def test_draining_worker_takes_no_new_sessions():
     pool = make_pool()
     balancer = Balancer(pool)
-    pool.set_state(pool.get("w3"), WorkerState.DRAINING)
+    pool.set_draining(pool.get("w3"), True)
     assert "w3" not in set(placement(balancer, KEYS[:2000]).values())
 
 

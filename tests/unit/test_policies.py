@@ -42,7 +42,7 @@ def test_no_policy_sends_to_unavailable_or_already_tried_workers(policy):
     pool = make_pool(4)
     balancer = balancer_for(policy, pool)
     pool.set_state(pool.get("w1"), WorkerState.UNHEALTHY)
-    pool.set_state(pool.get("w2"), WorkerState.DRAINING)
+    pool.set_draining(pool.get("w2"), True)
     chosen = {balancer.choose(k, exclude=["w3"]).worker.name for k in KEYS[:300]}
     assert chosen == {"w0"}
 
@@ -163,7 +163,7 @@ async def test_bounded_load_keeps_every_worker_under_its_cap_under_concurrent_re
     [
         (WorkerState.UNHEALTHY, 0.0, Rehome.DEAD),
         (WorkerState.UNHEALTHY, 30.0, Rehome.EJECTED),
-        (WorkerState.DRAINING, 0.0, Rehome.DRAINING),
+        (None, 0.0, Rehome.DRAINING),
     ],
 )
 def test_a_fallback_names_why_the_home_could_not_take_it(state, ejected_for, reason):
@@ -172,7 +172,10 @@ def test_a_fallback_names_why_the_home_could_not_take_it(state, ejected_for, rea
     balancer = Balancer(pool, routing("consistent_hash"), clock=lambda: now)
     home = balancer.choose("k").worker
     home.ejected_until = now + ejected_for
-    pool.set_state(home, state)
+    if state is None:
+        pool.set_draining(home, True)
+    else:
+        pool.set_state(home, state)
     decision = balancer.choose("k")
     assert decision.route is Route.FALLBACK and decision.rehomed is reason
     assert decision.cache_holder is home

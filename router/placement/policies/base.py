@@ -89,7 +89,7 @@ class Rotation:
 
 def why_not(worker: Worker, exclude: Collection[str], now: float) -> Rehome:
     """Why `worker` cannot take this request, for a worker `can_take` refused."""
-    if worker.state is WorkerState.DRAINING:
+    if worker.draining:
         return Rehome.DRAINING
     if worker.state is WorkerState.UNHEALTHY:
         return Rehome.EJECTED if worker.ejected_until > now else Rehome.DEAD

@@ -24,7 +24,9 @@ def key_fraction(key: str) -> float:
 
 
 class SlowStart:
-    """Tracks which workers rejoined within the window; the pool's first view is no rejoin."""
+    """Tracks which workers rejoined within the window. Workers that become available while
+    none was (the pool's first view, a discovery source's first list) are not rejoining:
+    there is no one to shield them from."""
 
     def __init__(self, settings: SlowStartSettings, clock: Clock = time.monotonic) -> None:
         self._window = settings.window
@@ -36,7 +38,7 @@ class SlowStart:
     def observe(self, workers: Sequence[Worker]) -> None:
         """Called on every pool change: a worker newly available (or newly added) rejoins."""
         available = {w.name for w in workers if w.available}
-        if self._available is not None and self._window > 0:
+        if self._available and self._window > 0:  # with none available, nothing to protect
             now = self._clock()
             for name in available - self._available:
                 self._since[name] = now
