@@ -23,7 +23,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
 
     settings = load_settings(ns.config)
     host, port = ns.listen if ns.listen else (settings.host, settings.port)
-    run(settings, host, port)
+    run(settings, host, port, ns.config)
     return 0
 
 
@@ -31,6 +31,14 @@ def _cmd_check_config(ns: argparse.Namespace) -> int:
     from router.config import dump_settings, load_settings
 
     settings = load_settings(ns.file)
+    if ns.against:
+        from router.reload import changes
+
+        found = changes(load_settings(ns.against), settings)
+        print(f"# {ns.file}: valid. {len(found)} keys differ from {ns.against}:")
+        for change in found:
+            print(change.describe())
+        return 0
     print(f"# {ns.file}: valid. Effective configuration:")
     print(dump_settings(settings), end="")
     return 0
@@ -72,8 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", type=_listen, help="HOST:PORT, overrides `listen` in the file")
     serve.set_defaults(func=_cmd_serve)
 
-    check = commands.add_parser("check-config", help="validate a config and print it in full")
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config and print it in full, or (--against) what differs from another "
+        "and whether a reload (SIGHUP) applies each change live or it needs a restart",
+    )
     check.add_argument("file", nargs="?", default="router.yaml")
+    check.add_argument("--against", metavar="OLD", help="the running configuration's file")
     check.set_defaults(func=_cmd_check_config)
 
     sim = commands.add_parser("sim-worker", help="run a simulated OpenAI-compatible worker")

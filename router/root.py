@@ -149,13 +149,17 @@ class Router:
         connection caps) take effect at the next start (`router.reload` says which). A new
         worker list or discovery source is handed to the membership, which applies the
         difference."""
-        old, self.settings = self.settings, settings
-        if (settings.discovery, settings.workers, settings.engine) != (
+        old = self.settings
+        fleet = (settings.discovery, settings.workers, settings.engine)
+        source = build_source(settings) if fleet != (
             old.discovery, old.workers, old.engine
-        ):
+        ) else None  # fmt: skip
+        self.settings = settings
+        if source is not None:  # built first: a source that cannot be built changes nothing
             self.membership.reconfigure(settings.engine)
-            self.membership.run(build_source(settings))
+            self.membership.run(source)
         self.drains.reconfigure(settings.drain)
+        self.upstream.reconfigure(settings.timeouts.connect)
         self.passive.reconfigure(settings.health.passive)
         self.checker.reconfigure(settings.health)
         self.monitor.reconfigure(settings.load)

@@ -1,5 +1,6 @@
 """Run the router until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests and
-streams finish within `shutdown_grace`, and exit.
+streams finish within `shutdown_grace`, and exit. SIGHUP re-reads the configuration file and
+applies what changed (`router.reload`).
 
 Once started, everything allocated so far (modules, config, tokenizer tables) is moved out of
 the garbage collector's sight (`gc.freeze`), so full collections stay short: rebuilding a
@@ -14,11 +15,14 @@ import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
 from router.config import Settings
 from router.http.app import build_app
+from router.http.common import ROOT
+from router.reload import Reloader
 from router.root import Router
 
 log = logging.getLogger("kvrouter")
@@ -53,12 +57,17 @@ async def running(settings: Settings, host: str, port: int) -> AsyncIterator[web
         await runner.cleanup()
 
 
-async def serve(settings: Settings, host: str, port: int) -> None:
+async def serve(
+    settings: Settings, host: str, port: int, config_path: str | Path | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with running(settings, host, port) as runner:
+        if config_path is not None:
+            reloader = Reloader(runner.app[ROOT], config_path)
+            loop.add_signal_handler(signal.SIGHUP, reloader.reload)
         gc.freeze()
         for address in runner.addresses:
             print(f"kvrouter listening on http://{address[0]}:{address[1]}", flush=True)
@@ -66,6 +75,11 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         log.warning("stopping: draining in-flight requests for up to %ss", settings.shutdown_grace)
 
 
-def run(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+def run(
+    settings: Settings,
+    host: str | None = None,
+    port: int | None = None,
+    config_path: str | Path | None = None,
+) -> None:
     install_fast_loop()
-    asyncio.run(serve(settings, host or settings.host, port or settings.port))
+    asyncio.run(serve(settings, host or settings.host, port or settings.port, config_path))

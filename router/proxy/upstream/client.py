@@ -30,6 +30,10 @@ class UpstreamClient:
         self._pools: dict[str, OriginPool] = {}
         self._tls: ssl.SSLContext | None = None
 
+
+    def reconfigure(self, connect_timeout: float) -> None:
+        """A new connect timeout, from the next connection opened."""
+        self._connect_timeout = connect_timeout
     async def request(
         self, url: str, method: str, target: str, headers: CIMultiDict[str], body: bytes
     ) -> Response:
