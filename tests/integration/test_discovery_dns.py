@@ -1,0 +1,252 @@
+"""The DNS discovery source against real DNS servers on loopback (dnslib, in a thread): A and
+AAAA records and SRV records become members, changes show in the next publish, and a failing
+lookup is reported without ever publishing an empty list."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from dnslib import RCODE, RR, DNSError
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+from router.config import DnsDiscoverySettings
+from router.errors import ConfigError
+from router.fleet.discovery.base import Member
+from router.fleet.discovery.dns import DnsSource, parse_nameserver
+
+NAME = "vllm.test"
+SRV_NAME = "_http._tcp.vllm.test"
+
+
+class Zone(BaseResolver):
+    """A DNS server's records, which the test changes between lookups: names not in `zone`
+    are NXDOMAIN; `rcode` answers every query with that error; `silent` drops every query."""
+
+    def __init__(self, zone: str = "") -> None:
+        self.zone = zone
+        self.rcode: str | None = None
+        self.silent = False
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        if self.silent:
+            raise DNSError("dropped")  # the handler sends nothing back
+        reply = request.reply()
+        if self.rcode is not None:
+            reply.header.rcode = getattr(RCODE, self.rcode)
+            return reply
+        records = RR.fromZone(self.zone) if self.zone.strip() else []
+        named = [rr for rr in records if rr.rname == request.q.qname]
+        if not named:
+            reply.header.rcode = RCODE.NXDOMAIN
+        for rr in named:
+            if rr.rtype == request.q.qtype:
+                reply.add_answer(rr)
+        return reply
+
+
+@pytest.fixture
+def dns_server() -> Iterator[Callable[..., tuple[Zone, DNSServer, str]]]:
+    """Factory: `zone, server, address = dns_server("zone text")` serves UDP on a free port of
+    `host`; `address` is its `HOST:PORT` for `nameservers`. Stopped at the end."""
+    started: list[DNSServer] = []
+
+    def start(zone: str = "", host: str = "127.0.0.1") -> tuple[Zone, DNSServer, str]:
+        records = Zone(zone)
+        server = DNSServer(records, address=host, port=0, logger=DNSLogger(logf=lambda _s: None))
+        threading.Thread(
+            target=server.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
+        started.append(server)
+        port = server.server.server_address[1]
+        return records, server, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    yield start
+    for server in started:
+        stop(server)
+
+
+def stop(server: DNSServer) -> None:
+    server.server.shutdown()
+    server.server.server_close()
+
+
+class Recorder:
+    """A sink that keeps everything it is told."""
+
+    def __init__(self) -> None:
+        self.published: list[list[Member]] = []
+        self.failures: list[str] = []
+
+    def publish(self, members: Sequence[Member]) -> None:
+        self.published.append(list(members))
+
+    def failed(self, reason: str) -> None:
+        self.failures.append(reason)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+def settings(nameserver: str, **fields: Any) -> DnsDiscoverySettings:
+    base: dict[str, Any] = {"name": NAME, "port": 8000, "interval": 0.05, "timeout": 0.5}
+    return DnsDiscoverySettings(**{**base, "nameservers": (nameserver,), **fields})
+
+
+@asynccontextmanager
+async def running(source: DnsSource) -> AsyncIterator[Recorder]:
+    """The source's `run` as a task for the block; it must still be running at the end."""
+    sink = Recorder()
+    task = asyncio.create_task(source.run(sink))
+    try:
+        yield sink
+    finally:
+        assert not task.done(), "run() returned or raised before it was cancelled"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def member(hostport: str, engine: str = "vllm", scheme: str = "http") -> Member:
+    return Member(name=hostport, url=f"{scheme}://{hostport}", engine=engine)
+
+
+async def test_a_and_aaaa_records_become_members_at_the_configured_port(dns_server):
+    zone, _, address = dns_server(
+        f"{NAME}. 5 A 10.0.0.10\n{NAME}. 5 A 10.0.0.9\n"
+        f"{NAME}. 5 AAAA fd00::7\nother.test. 5 A 10.9.9.9\n"
+    )
+    source = DnsSource(settings(address, scheme="https", engine="sglang"), "vllm")
+    assert source.kind == "dns"
+    async with running(source) as sink:
+        await until(lambda: bool(sink.published))
+    assert sink.published[0] == [
+        member("10.0.0.9:8000", "sglang", "https"),
+        member("10.0.0.10:8000", "sglang", "https"),
+        member("[fd00::7]:8000", "sglang", "https"),
+    ]
+    assert sink.failures == []
+
+    zone.zone = f"{NAME}. 5 AAAA fd00::8\n{NAME}. 5 AAAA fd00::7\n"  # no A records: fine
+    source = DnsSource(settings(address, port=9000), "tgi")
+    expected = [member("[fd00::7]:9000", "tgi"), member("[fd00::8]:9000", "tgi")]
+    assert await source.lookup() == expected
+
+
+async def test_srv_records_of_the_lowest_priority_become_members_at_their_own_ports(dns_server):
+    zone, _, address = dns_server(
+        f"{SRV_NAME}. 5 SRV 10 90 8002 b.test.\n"
+        f"{SRV_NAME}. 5 SRV 10 10 8001 a.test.\n"
+        f"{SRV_NAME}. 5 SRV 20 50 8003 c.test.\n"
+    )
+    source = DnsSource(settings(address, name=SRV_NAME, record="SRV", port=None), "vllm")
+    async with running(source) as sink:
+        await until(lambda: bool(sink.published))
+    assert sink.published[0] == [member("a.test:8001"), member("b.test:8002")]
+    assert {m.weight for m in sink.published[0]} == {1.0}
+
+    zone.zone = f"{SRV_NAME}. 5 A 10.0.0.1\n"  # the name exists, without SRV records
+    async with running(source) as sink:
+        await until(lambda: bool(sink.failures))
+    assert sink.failures[0] == f"DNS SRV lookup of {SRV_NAME} failed: no SRV records"
+    assert sink.published == []
+
+
+async def test_a_change_of_records_shows_in_the_next_publish(dns_server):
+    zone, _, address = dns_server(f"{NAME}. 5 A 10.0.0.1\n{NAME}. 5 A 10.0.0.2\n")
+    before = [member("10.0.0.1:8000"), member("10.0.0.2:8000")]
+    after = [member("10.0.0.2:8000"), member("10.0.0.3:8000")]
+    async with running(DnsSource(settings(address), "vllm")) as sink:
+        await until(lambda: len(sink.published) >= 2)  # published every interval, unchanged
+        zone.zone = f"{NAME}. 5 A 10.0.0.3\n{NAME}. 5 A 10.0.0.2\n"
+        await until(lambda: sink.published[-1] == after)
+    changed = sink.published.index(after)
+    assert changed >= 2 and sink.published[:changed] == [before] * changed
+    assert sink.failures == []
+
+
+async def test_nxdomain_is_reported_keeps_the_last_list_and_recovery_publishes(dns_server, caplog):
+    caplog.set_level(logging.INFO, logger="kvrouter.discovery.dns")
+    records = f"{NAME}. 5 A 10.0.0.1\n"
+    zone, _, address = dns_server(records)
+    async with running(DnsSource(settings(address), "vllm")) as sink:
+        await until(lambda: bool(sink.published))
+        zone.zone = "other.test. 5 A 10.0.0.9\n"
+        await until(lambda: len(sink.failures) >= 3)  # reported at every lookup
+        good = len(sink.published)
+        await asyncio.sleep(0.2)
+        assert len(sink.published) == good, "nothing is published while the name is gone"
+        zone.zone = records
+        await until(lambda: len(sink.published) > good)
+    assert sink.failures[0] == f"DNS A/AAAA lookup of {NAME} failed: no such name (NXDOMAIN)"
+    assert set(sink.failures) == {sink.failures[0]}
+    assert [] not in sink.published
+    assert sink.published[-1] == [member("10.0.0.1:8000")]
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert logged == [
+        (logging.WARNING, f"{sink.failures[0]}; keeping the last good list of workers"),
+        (logging.INFO, f"DNS A/AAAA lookup of {NAME} works again; workers: 1"),
+    ]
+
+
+async def test_a_silent_server_is_a_timeout_and_recovery_publishes_again(dns_server):
+    zone, _, address = dns_server(f"{NAME}. 5 A 10.0.0.1\n")
+    async with running(DnsSource(settings(address, timeout=0.3), "vllm")) as sink:
+        await until(lambda: bool(sink.published))
+        zone.silent = True
+        await until(lambda: bool(sink.failures))
+        good = len(sink.published)
+        zone.silent = False
+        await until(lambda: len(sink.published) > good)
+    assert sink.failures[0] == f"DNS A lookup of {NAME} failed: no answer within 0.3 s"
+    assert [] not in sink.published
+    assert sink.published[-1] == [member("10.0.0.1:8000")]
+
+
+async def test_servfail_and_a_stopped_server_are_reported_never_an_empty_list(dns_server):
+    zone, server, address = dns_server(f"{NAME}. 5 A 10.0.0.1\n")
+    async with running(DnsSource(settings(address, timeout=0.3), "vllm")) as sink:
+        await until(lambda: bool(sink.published))
+        zone.rcode = "SERVFAIL"
+        await until(lambda: bool(sink.failures))
+        stop(server)
+        await until(lambda: "no answer within" in sink.failures[-1])
+    assert sink.failures[0] == (
+        f"DNS A lookup of {NAME} failed: no nameserver answered: Do53:{address.replace(':', '@')}"
+        " answered SERVFAIL"
+    )
+    assert sink.failures[-1] == f"DNS A lookup of {NAME} failed: no answer within 0.3 s"
+    assert sink.published == [[member("10.0.0.1:8000")]] * len(sink.published)
+
+
+async def test_nameservers_with_an_explicit_port_are_used_ipv4_and_ipv6(dns_server):
+    _, _, first = dns_server(f"{NAME}. 5 A 10.0.0.1\n")
+    _, _, second = dns_server(f"{NAME}. 5 A 10.0.0.2\n")
+    _, _, over_ipv6 = dns_server(f"{NAME}. 5 AAAA fd00::6\n", host="::1")
+    assert await DnsSource(settings(first), "vllm").lookup() == [member("10.0.0.1:8000")]
+    assert await DnsSource(settings(second), "vllm").lookup() == [member("10.0.0.2:8000")]
+    assert over_ipv6.startswith("[::1]:")
+    assert await DnsSource(settings(over_ipv6), "vllm").lookup() == [member("[fd00::6]:8000")]
+
+
+def test_nameserver_entries_parse_with_and_without_a_port():
+    assert parse_nameserver("10.0.0.10") == ("10.0.0.10", 53)
+    assert parse_nameserver("10.0.0.10:5353") == ("10.0.0.10", 5353)
+    assert parse_nameserver("::1") == ("::1", 53)
+    assert parse_nameserver("[::1]") == ("::1", 53)
+    assert parse_nameserver("[fd00::a]:5353") == ("fd00::a", 5353)
+    for bad in ("dns.local", "dns.local:53", "10.0.0.10:0", "10.0.0.10:x", "[::1", "[::1]x"):
+        with pytest.raises(ConfigError, match=r"^discovery\.dns\.nameservers: "):
+            parse_nameserver(bad)
+    with pytest.raises(ConfigError, match=r"'dns\.local' is not an IP address"):
+        DnsSource(DnsDiscoverySettings(name=NAME, port=80, nameservers=("dns.local",)), "vllm")
