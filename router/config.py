@@ -6,6 +6,7 @@ error at start naming the key, never a silently ignored setting.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -268,6 +269,29 @@ class LoadSettings(BaseModel):
 DiscoverySource = Literal["static", "dns", "kubernetes"]
 
 
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """`HOST` or `HOST:PORT` as (address, port); HOST is an IPv4 or IPv6 address, an IPv6 one
+    in brackets when a port follows. Raises ValueError naming the entry."""
+    host, port = text.strip(), "53"
+    if host.startswith("["):
+        host, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            host = ""
+        port = rest[1:] if rest else port
+    elif host.count(":") == 1:
+        host, _, port = host.partition(":")
+    try:
+        address, number = ipaddress.ip_address(host), int(port)
+        if not 0 < number < 65536:
+            raise ValueError(port)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an IP address with an optional port "
+            "(10.0.0.10, 10.0.0.10:5353, [::1]:5353)"
+        ) from None
+    return str(address), number
+
+
 class DnsDiscoverySettings(BaseModel):
     """Workers from DNS: the A and AAAA records of a name (a Kubernetes headless Service), each
     address at `port`; or its SRV records, each target at the record's own port."""
@@ -283,6 +307,13 @@ class DnsDiscoverySettings(BaseModel):
     nameservers: tuple[str, ...] = Field(
         default=(), description="HOST or HOST:PORT; empty: the system's resolv.conf"
     )
+
+    @field_validator("nameservers")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            parse_nameserver(entry)
+        return value
 
     @model_validator(mode="after")
     def _port_for_a(self) -> DnsDiscoverySettings:

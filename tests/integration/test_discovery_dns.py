@@ -15,10 +15,10 @@ import pytest
 from dnslib import RCODE, RR, DNSError
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-from router.config import DnsDiscoverySettings
+from router.config import DnsDiscoverySettings, parse_nameserver, parse_settings
 from router.errors import ConfigError
 from router.fleet.discovery.base import Member
-from router.fleet.discovery.dns import DnsSource, parse_nameserver
+from router.fleet.discovery.dns import DnsSource
 
 NAME = "vllm.test"
 SRV_NAME = "_http._tcp.vllm.test"
@@ -246,7 +246,10 @@ def test_nameserver_entries_parse_with_and_without_a_port():
     assert parse_nameserver("[::1]") == ("::1", 53)
     assert parse_nameserver("[fd00::a]:5353") == ("fd00::a", 5353)
     for bad in ("dns.local", "dns.local:53", "10.0.0.10:0", "10.0.0.10:x", "[::1", "[::1]x"):
-        with pytest.raises(ConfigError, match=r"^discovery\.dns\.nameservers: "):
+        with pytest.raises(ValueError, match="is not an IP address"):
             parse_nameserver(bad)
-    with pytest.raises(ConfigError, match=r"'dns\.local' is not an IP address"):
-        DnsSource(DnsDiscoverySettings(name=NAME, port=80, nameservers=("dns.local",)), "vllm")
+    config = {
+        "discovery": {"source": "dns", "dns": {"name": NAME, "port": 80, "nameservers": ["x.y"]}}
+    }
+    with pytest.raises(ConfigError, match=r"discovery\.dns\.nameservers.*'x\.y' is not an IP"):
+        parse_settings(config)

@@ -121,7 +121,7 @@ def test_discovery_never_cancels_an_operators_drain():
 
 def test_weights_engines_and_addresses_change_in_place_or_by_replacement():
     clock = Clock()
-    pool, drains, membership, _ = fleet(clock, ("w1", "w2"))
+    pool, _drains, membership, _ = fleet(clock, ("w1", "w2"))
     old_w2 = pool.get("w2")
     membership.publish(
         [member("w1", weight=3.0, engine="tgi"), Member("w2", "http://10.9.9.9:8000")]
@@ -149,7 +149,7 @@ def test_a_failing_source_keeps_the_last_good_list_and_says_so():
 
 def test_a_worker_added_later_joins_with_slow_start_but_the_first_list_does_not():
     clock = Clock()
-    pool, drains, membership, _ = fleet(clock)
+    pool, _drains, membership, _ = fleet(clock)
     routing = RoutingSettings.model_validate({"slow_start": {"window": 30}})
     balancer = Balancer(pool, routing, clock=clock)
     membership.publish([member("w1"), member("w2")])
@@ -167,7 +167,7 @@ def test_a_worker_added_later_joins_with_slow_start_but_the_first_list_does_not(
 
 def test_removed_workers_leave_the_gauges():
     clock = Clock()
-    pool, drains, membership, metrics = fleet(clock, ("w1", "w2"))
+    _pool, drains, membership, metrics = fleet(clock, ("w1", "w2"))
     metrics.worker_healthy.labels("w1").set(1)
     membership.publish([member("w2")])
     drains.check()

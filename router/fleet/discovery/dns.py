@@ -37,8 +37,7 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 
-from router.config import DnsDiscoverySettings
-from router.errors import ConfigError
+from router.config import DnsDiscoverySettings, parse_nameserver
 from router.fleet.discovery.base import Member, Sink
 
 log = logging.getLogger("kvrouter.discovery.dns")
@@ -48,29 +47,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class DnsLookupFailed(Exception):
     """A lookup found no workers; the message is the one line `sink.failed` gets."""
-
-
-def parse_nameserver(text: str) -> tuple[str, int]:
-    """`HOST` or `HOST:PORT` as (address, port); HOST is an IPv4 or IPv6 address, an IPv6 one
-    in brackets when a port follows. Raises ConfigError naming the entry."""
-    host, port = text.strip(), "53"
-    if host.startswith("["):
-        host, bracket, rest = host[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            host = ""
-        port = rest[1:] if rest else port
-    elif host.count(":") == 1:
-        host, _, port = host.partition(":")
-    try:
-        address, number = ipaddress.ip_address(host), int(port)
-        if not 0 < number < 65536:
-            raise ValueError(port)
-    except ValueError:
-        raise ConfigError(
-            f"discovery.dns.nameservers: {text!r} is not an IP address with an optional port"
-            " (10.0.0.10, 10.0.0.10:5353, [::1]:5353)"
-        ) from None
-    return str(address), number
 
 
 def _hostport(address: IPAddress, port: int) -> str:
