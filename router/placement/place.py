@@ -246,7 +246,7 @@ class Placement:
         existing = None
         drains = self._drains
         if drains is not None and drains.keeping and hash_key is not None:
-            existing = await self._existing(key, hash_key, pinned)
+            existing = await self._existing(key, hash_key)
         decision = self.balancer.decide(
             PlacementContext(hash_key, avoid, pinned, size, existing)
         )
@@ -269,20 +269,21 @@ class Placement:
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
 
-    async def _existing(self, key: RoutingKey, hash_key: str, pinned: str | None) -> str | None:
-        """The draining worker holding this session's cache, if the session is existing on
-        it and its drain still keeps sessions (see `router.placement.served`)."""
-        balancer, drains = self.balancer, self._drains
-        holder = balancer.worker(pinned) if pinned is not None else balancer.ring_home(hash_key)
-        if holder is None or drains is None or not drains.keeps_sessions(holder):
-            return None
+    async def _existing(self, key: RoutingKey, hash_key: str) -> str | None:
+        """The draining worker that served this session within `drain.idle`, while its drain
+        still keeps sessions (see `router.placement.served`). Asked of the record, not of the
+        ring: a weight change during the drain may have moved the key's ring home."""
+        drains = self._drains
         try:
             served = await self._served.served_by(key, hash_key, self._settings.store_timeout)
         except Exception as err:  # unknown: treat the session as new (it moves)
             self._metrics.pin_operations.labels("served_read", "error").inc()
             log.debug("served read for %s failed: %r", hash_key, err)
             return None
-        return holder.name if served == holder.name else None
+        worker = self.balancer.worker(served) if served is not None else None
+        if worker is None or drains is None or not drains.keeps_sessions(worker):
+            return None
+        return worker.name
 
     async def preview(self, key: RoutingKey) -> tuple[str | None, Decision | None]:
         """Where `key` would be placed now (the pin honoured as `place` would), without
@@ -291,7 +292,7 @@ class Placement:
         hash_key = key.hash_key
         existing = None
         if self._drains is not None and self._drains.keeping and hash_key is not None:
-            existing = await self._existing(key, hash_key, pinned)
+            existing = await self._existing(key, hash_key)
         try:
             return pinned, self.balancer.decide(
                 PlacementContext(hash_key, (), pinned, existing=existing)

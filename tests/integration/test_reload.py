@@ -1,0 +1,152 @@
+"""Hot reload on SIGHUP, on a router process under steady load: an invalid file changes
+nothing; a valid one applies the difference, and a worker it removes drains: its existing
+sessions stay on it until idle, new sessions go elsewhere, and no request fails."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import chat_body, counted
+
+TOKEN = "r" * 24
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+class SteadyLoad:
+    """Sessions sent turn after turn, a few at a time, until stopped; every answer's status
+    and worker are kept."""
+
+    def __init__(self, http: Any, url: str, sessions: list[str]) -> None:
+        self.http, self.url = http, url
+        self.active = set(sessions)
+        self.statuses: Counter[int] = Counter()
+        self.errors: list[str] = []
+        self.last_worker: dict[str, str] = {}
+        self._stop = asyncio.Event()
+
+    async def turn(self, session: str) -> str:
+        headers = {"x-session-id": session}
+        async with self.http.post(
+            self.url + "/v1/chat/completions", json=chat_body(stream=True), headers=headers
+        ) as resp:
+            body = await resp.read()
+            self.statuses[resp.status] += 1
+            if resp.status != 200 or not body.rstrip().endswith(b"data: [DONE]"):
+                self.errors.append(f"{session}: {resp.status} {body[-200:]!r}")
+            worker = resp.headers.get("x-kvrouter-worker", "")
+        self.last_worker[session] = worker
+        return worker
+
+    async def _client(self, index: int, clients: int) -> None:
+        while not self._stop.is_set():
+            mine = sorted(s for s in self.active if hash(s) % clients == index)
+            for session in mine or ["idle"]:
+                if mine:
+                    await self.turn(session)
+                else:
+                    await asyncio.sleep(0.05)
+
+    async def __aenter__(self) -> SteadyLoad:
+        self._tasks = [asyncio.create_task(self._client(i, 4)) for i in range(4)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+async def workers(http: Any, url: str) -> dict[str, dict[str, Any]]:
+    async with http.get(url + "/admin/workers", headers=AUTH) as resp:
+        return {w["name"]: w for w in (await resp.json())["workers"]}
+
+
+async def home_of(http: Any, url: str, session: str) -> str:
+    async with http.get(url + f"/admin/sessions/{session}", headers=AUTH) as resp:
+        return (await resp.json())["home"]
+
+
+async def reload(proc: Any, http: Any, url: str, outcome: str, before: float) -> None:
+    os.kill(proc.pid, signal.SIGHUP)
+    for _ in range(100):
+        if await counted(http, url, "kvrouter_config_reloads_total", outcome=outcome) > before:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {outcome} reload counted")
+
+
+async def test_a_reload_under_load_refuses_a_bad_file_then_drains_a_removed_worker(
+    sim_fleet, router_process, http, tmp_path: Path
+):
+    fleet = sim_fleet(3, "--time-scale", "0.02")
+    config = fleet.config(
+        admin={"token": TOKEN},
+        routing={"policy": "consistent_hash", "slow_start": {"window": 0}},
+        drain={"idle": 1.5, "timeout": 60, "check_interval": 0.1},
+    )
+    url, proc = router_process(config)
+    path = tmp_path / f"router-{url.rpartition(':')[2]}.yaml"
+    assert yaml.safe_load(path.read_text())["listen"] == config["listen"]
+    sessions = [f"chat-{i}" for i in range(24)]
+    async with SteadyLoad(http, url, sessions) as load:
+        for _ in range(100):
+            if len(load.last_worker) == len(sessions):
+                break
+            await asyncio.sleep(0.05)
+        on_sim2 = sorted(s for s, w in load.last_worker.items() if w == "sim-2")
+        assert on_sim2, load.last_worker
+
+        broken = copy.deepcopy(config)
+        broken["routing"]["policy"] = "fastest"
+        path.write_text(yaml.safe_dump(broken))
+        await reload(proc, http, url, "invalid", 0)
+        listed = await workers(http, url)
+        assert sorted(listed) == ["sim-0", "sim-1", "sim-2"]
+        assert all(w["state"] == "healthy" for w in listed.values())
+
+        valid = copy.deepcopy(config)
+        valid["workers"] = [w for w in config["workers"] if w["name"] != "sim-2"]
+        valid["workers"][0]["weight"] = 2.0
+        valid["listen"] = "127.0.0.1:1"  # needs a restart: logged, kept
+        path.write_text(yaml.safe_dump(valid))
+        await reload(proc, http, url, "applied", 0)
+        listed = await workers(http, url)
+        assert listed["sim-0"]["weight"] == 2.0
+        assert listed["sim-2"]["state"] == "draining"
+        assert listed["sim-2"]["drain"] == {
+            "reason": "removed", "for": listed["sim-2"]["drain"]["for"],
+            "keeps_sessions": True, "remove": True,
+        }  # fmt: skip
+
+        # Existing sessions on sim-2 keep landing there; a new one homed there goes elsewhere.
+        await asyncio.sleep(0.5)
+        for session in on_sim2:
+            assert await load.turn(session) == "sim-2"
+        candidates = [f"new-{i}" for i in range(60)]
+        newcomers = [s for s in candidates if await home_of(http, url, s) == "sim-2"]
+        assert newcomers
+        for session in newcomers[:5]:
+            assert await load.turn(session) in ("sim-0", "sim-1")
+
+        # The sessions on sim-2 go quiet: after drain.idle the drain ends and sim-2 leaves.
+        load.active -= set(on_sim2)
+        for _ in range(100):
+            if "sim-2" not in await workers(http, url):
+                break
+            await asyncio.sleep(0.1)
+        assert "sim-2" not in await workers(http, url)
+        for session in on_sim2:
+            assert await load.turn(session) in ("sim-0", "sim-1")
+        await asyncio.sleep(0.3)
+
+    assert load.errors == [] and set(load.statuses) == {200}, load.errors[:3]
+    assert sum(load.statuses.values()) > 100
+    assert await counted(http, url, "kvrouter_drains_ended_total", how="idle") == 1
+    assert await counted(http, url, "kvrouter_membership_changes_total", change="removed") == 1

@@ -1,0 +1,90 @@
+"""What a reload applies live and what waits for a restart; `check-config --against`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from router.cli import main
+from router.config import parse_settings
+from router.reload import RESTART_KEYS, changes, effective
+
+BASE = {
+    "workers": [{"url": "http://10.0.0.1:8000", "name": "a"}, {"url": "http://10.0.0.2:8000"}],
+}
+
+
+def settings(**sections):
+    return parse_settings({**BASE, **sections}, env={})
+
+
+def test_each_changed_key_is_named_with_whether_it_applies_live():
+    old = settings()
+    new = settings(
+        listen="127.0.0.1:9999",
+        routing={"policy": "bounded_load", "pins": {"ttl": 60}},
+        store={"timeout": 1.0},
+        limits={"max_body_bytes": 4096},
+        auth={"keys": []},
+        drain={"idle": 30},
+    )
+    found = {c.key: c.live for c in changes(old, new)}
+    assert found == {
+        "listen": False,
+        "routing.policy": True,
+        "routing.pins.ttl": True,
+        "store.timeout": False,
+        "limits.max_body_bytes": False,
+        "drain.idle": True,
+    }
+
+
+def test_the_worker_list_is_one_live_key_described_by_names():
+    old = settings()
+    new = parse_settings(
+        {"workers": [{"url": "http://10.0.0.1:8000", "name": "a", "weight": 2},
+                     {"url": "http://10.0.0.3:8000"}]},
+        env={},
+    )  # fmt: skip
+    (change,) = changes(old, new)
+    assert change.key == "workers" and change.live
+    assert change.describe() == "workers: +10.0.0.3:8000 -10.0.0.2:8000 ~a [live]"
+
+
+def test_the_applied_configuration_keeps_every_restart_key_at_its_running_value():
+    old = settings(store={"timeout": 0.5}, metrics={"prefix": "kvr"})
+    new = settings(
+        store={"timeout": 2.0}, metrics={"prefix": "other"}, listen="127.0.0.1:1",
+        proxy={"prefixes": ["/v2/"]}, routing={"policy": "round_robin"},
+    )  # fmt: skip
+    applied = effective(old, new)
+    assert applied.store.timeout == 0.5 and applied.metrics.prefix == "kvr"
+    assert applied.listen == old.listen and applied.proxy.prefixes == old.proxy.prefixes
+    assert applied.routing.policy == "round_robin"
+    assert [c.key for c in changes(old, applied)] == ["routing.policy"]
+
+
+@pytest.mark.parametrize("key", RESTART_KEYS)
+def test_every_restart_key_is_a_real_setting(key):
+    tree = settings().model_dump()
+    for part in key.split("."):
+        assert part in tree, key
+        tree = tree[part]
+
+
+def test_check_config_against_lists_changes(tmp_path: Path, capsys):
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(yaml.safe_dump(BASE))
+    new.write_text(yaml.safe_dump({**BASE, "listen": "0.0.0.0:80", "retries": {"attempts": 3}}))
+    assert main(["check-config", str(new), "--against", str(old)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith(f"2 keys differ from {old}:")
+    assert out[1:] == [
+        "listen: '127.0.0.1:8080' -> '0.0.0.0:80' [restart]",
+        "retries.attempts: 2 -> 3 [live]",
+    ]
+    new.write_text("routing: {policy: fastest}\n" + yaml.safe_dump(BASE))
+    assert main(["check-config", str(new), "--against", str(old)]) == 2
+    assert "routing.policy" in capsys.readouterr().err
