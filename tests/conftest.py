@@ -15,6 +15,7 @@ from router.config import Settings
 from router.tooling.fleet import LocalFleet, RedisNotInstalled, RedisServer, RouterProcess
 from router.tooling.fleet import router_in_process as _router_in_process
 from router.tooling.launch import free_port
+from tests.dns_zone import dns_server  # noqa: F401  (a fixture)
 
 FAST_HEALTH = {"interval": 0.2, "timeout": 0.3, "fall": 2, "rise": 2, "jitter": 0.1}
 

@@ -128,7 +128,7 @@ class Membership:
                 if name not in pool and member.ready:
                     pool.add(self._worker(member))
                     self._metrics.membership_changes.labels("added").inc()
-                    log.info("worker %s joined (%s), with slow start", name, member.url)
+                    log.info("worker %s joined (%s)", name, member.url)
 
     def _update(self, worker: Worker, member: Member) -> None:
         drains, changes = self._drains, self._metrics.membership_changes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from router.config import DrainSettings, RoutingSettings
 from router.fleet.discovery import Member
 from router.fleet.drain import Drains
@@ -131,7 +133,8 @@ def test_weights_engines_and_addresses_change_in_place_or_by_replacement():
     assert w2 is not old_w2 and w2.url == "http://10.9.9.9:8000" and w2.available
 
 
-def test_a_failing_source_keeps_the_last_good_list_and_says_so():
+def test_a_failing_source_keeps_the_last_good_list_and_says_so(caplog):
+    caplog.set_level(logging.INFO, logger="kvrouter.membership")
     clock = Clock()
     pool, drains, membership, metrics = fleet(clock)
     membership.publish([member("w1"), member("w2")])
@@ -145,6 +148,15 @@ def test_a_failing_source_keeps_the_last_good_list_and_says_so():
     assert 'kvrouter_discovery_up{source="static"} 0.0' in text
     membership.publish([member("w1"), member("w2")])
     assert membership.status.ok and membership.status.last_error is None
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert logged == [
+        (
+            logging.WARNING,
+            "discovery (static) failed, keeping the last good list of 2 workers: "
+            "dns lookup of vllm.svc (A) timed out",
+        ),
+        (logging.WARNING, "discovery (static) recovered: 2 workers listed"),
+    ]
 
 
 def test_a_worker_added_later_joins_with_slow_start_but_the_first_list_does_not():

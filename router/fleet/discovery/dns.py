@@ -13,8 +13,8 @@ worker.
 The first lookup runs at once, the next ones `interval` apart. Each one that finds workers
 publishes the whole list, sorted. A lookup that finds none (NXDOMAIN, no records), times out
 (`timeout` bounds each query), gets SERVFAIL or any other resolver error is reported with
-`sink.failed` and publishes nothing, so the membership keeps the last good list. A failing
-stretch is logged once at warning when it starts and once at info when it ends.
+`sink.failed` and publishes nothing, so the membership keeps the last good list (and logs the
+failing stretch once, and its end).
 
 `nameservers` replaces the system's resolv.conf: each is an IP address, with a port or without
 (53): `10.0.0.10`, `10.0.0.10:5353`, `::1`, `[::1]:5353`. With the system's configuration a
@@ -77,26 +77,16 @@ class DnsSource:
         self._resolver: dns.asyncresolver.Resolver | None = None
 
     async def run(self, sink: Sink) -> None:
-        """Look up, publish or report, wait `interval`; until cancelled."""
-        failing = False
+        """Look up, publish or report, wait `interval`; until cancelled. The sink (the
+        membership) logs a failing stretch once, and its end."""
         while True:
             try:
                 members = await self.lookup()
             except DnsLookupFailed as err:
+                log.debug("%s", err)
                 sink.failed(str(err))
-                if not failing:
-                    log.warning("%s; keeping the last good list of workers", err)
-                else:
-                    log.debug("%s", err)
-                failing = True
             else:
                 sink.publish(members)
-                if failing:
-                    log.info(
-                        "DNS %s lookup of %s works again; workers: %d",
-                        self._record_types(), self._settings.name, len(members),
-                    )
-                failing = False
             await asyncio.sleep(self._settings.interval)
 
     async def lookup(self) -> list[Member]:

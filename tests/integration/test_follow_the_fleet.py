@@ -1,0 +1,102 @@
+"""A router that follows its fleet through DNS: workers found by SRV records join, a record
+that goes away drains its worker out, and a DNS server that stops answering leaves the last
+good list in service (with /readyz saying so)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from router.config import parse_settings
+from tests.conftest import FAST_HEALTH, chat_body, counted
+
+SRV = "_http._tcp.vllm.test"
+TOKEN = "f" * 24
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def srv_zone(ports: list[int]) -> str:
+    return "".join(f"{SRV}. 5 IN SRV 0 100 {port} 127.0.0.1.\n" for port in ports)
+
+
+async def listed(http: Any, url: str) -> dict[str, dict[str, Any]]:
+    async with http.get(url + "/admin/workers", headers=AUTH) as resp:
+        return {w["name"]: w for w in (await resp.json())["workers"]}
+
+
+async def until(check: Any, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_dns_discovery_follows_workers_in_and_out_and_keeps_the_last_list_on_failure(
+    sim_fleet, router_in_process, http, dns_server
+):
+    fleet = sim_fleet(3, "--time-scale", "0")
+    ports = [int(u.rpartition(":")[2]) for u in fleet.urls]
+    zone, _, nameserver = dns_server(srv_zone(ports[:2]))
+    raw = fleet.config(
+        admin={"token": TOKEN},
+        health=FAST_HEALTH,
+        routing={"slow_start": {"window": 0}},
+        drain={"idle": 0.5, "check_interval": 0.05},
+        discovery={
+            "source": "dns",
+            "dns": {"name": SRV, "record": "SRV", "interval": 0.1, "timeout": 0.3,
+                    "nameservers": [nameserver]},
+        },
+    )  # fmt: skip
+    del raw["workers"]
+    settings = parse_settings(raw, env={})
+    names = [f"127.0.0.1:{p}" for p in ports]
+    async with router_in_process(settings) as url:
+
+        async def two_listed() -> bool:
+            return sorted(await listed(http, url)) == sorted(names[:2])
+
+        await until(two_listed)
+        seen = set()
+        for i in range(40):
+            headers = {"x-session-id": f"s{i}"}
+            body = chat_body()
+            async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
+                assert r.status == 200
+                seen.add(r.headers["x-kvrouter-worker"])
+        assert seen == set(names[:2])
+
+        zone.zone = srv_zone(ports[1:])  # the first goes away, the third joins
+
+        async def rotated() -> bool:
+            return sorted(await listed(http, url)) == sorted(names[1:])
+
+        await until(rotated)
+        assert await counted(http, url, "kvrouter_membership_changes_total", change="added") == 3
+        assert await counted(http, url, "kvrouter_membership_changes_total", change="removed") == 1
+
+        zone.silent = True  # the DNS server stops answering: the last good list stays
+        await until(lambda: _discovery_failing(http, url))
+        async with http.get(url + "/readyz") as resp:
+            assert resp.status == 200
+            ready = await resp.json()
+        assert ready["discovery"]["source"] == "dns" and ready["discovery"]["ok"] is False
+        assert "no answer within" in ready["discovery"]["last_error"]
+        assert sorted(ready["healthy_workers"]) == sorted(names[1:])
+        async with http.post(url + "/v1/chat/completions", json=chat_body()) as resp:
+            assert resp.status == 200
+        assert await counted(http, url, "kvrouter_discovery_up", source="dns") == 0
+
+        zone.silent = False
+
+        async def recovered() -> bool:
+            async with http.get(url + "/readyz") as resp:
+                return (await resp.json())["discovery"]["ok"] is True
+
+        await until(recovered)
+
+
+async def _discovery_failing(http: Any, url: str) -> bool:
+    async with http.get(url + "/readyz") as resp:
+        return (await resp.json())["discovery"]["ok"] is False
