@@ -122,7 +122,9 @@ def effective(old: Settings, new: Settings) -> Settings:
 
 
 def one_line(err: ConfigError) -> str:
-    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    """The error's lines as one: `invalid configuration in F: a.b: msg; c: msg`."""
+    head, *rest = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+    return f"{head} {'; '.join(rest)}".strip()
 
 
 class Reloader:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import os
 import signal
 from collections import Counter
@@ -14,6 +15,9 @@ from typing import Any
 
 import yaml
 
+from router.config import load_settings
+from router.reload import Reloader
+from router.root import Router
 from tests.conftest import chat_body, counted
 
 TOKEN = "r" * 24
@@ -150,3 +154,40 @@ async def test_a_reload_under_load_refuses_a_bad_file_then_drains_a_removed_work
     assert sum(load.statuses.values()) > 100
     assert await counted(http, url, "kvrouter_drains_ended_total", how="idle") == 1
     assert await counted(http, url, "kvrouter_membership_changes_total", change="removed") == 1
+
+
+async def test_a_refused_reload_logs_one_line_naming_the_key_and_changes_nothing(
+    tmp_path: Path, caplog
+):
+    path = tmp_path / "router.yaml"
+    config = {"workers": [{"url": "http://127.0.0.1:9", "name": "w"}]}
+    path.write_text(yaml.safe_dump(config))
+    root = Router(load_settings(path, env={}))
+    reloader = Reloader(root, path)
+    before = root.settings
+    try:
+        path.write_text(yaml.safe_dump({**config, "routing": {"policy": "fastest"}}))
+        with caplog.at_level(logging.WARNING, logger="kvrouter.reload"):
+            assert reloader.reload() is None
+        (record,) = caplog.records
+        assert record.levelno == logging.ERROR and "\n" not in record.getMessage()
+        assert record.getMessage().startswith(
+            f"reload refused, the running configuration stays: invalid configuration in {path}: "
+            "routing.policy: Input should be"
+        )
+        assert root.settings is before
+        caplog.clear()
+
+        new = {**config, "routing": {"policy": "round_robin"}, "store": {"timeout": 2.0}}
+        path.write_text(yaml.safe_dump(new))
+        with caplog.at_level(logging.WARNING, logger="kvrouter.reload"):
+            found = reloader.reload()
+        assert found is not None and {c.key for c in found} == {"routing.policy", "store.timeout"}
+        assert root.settings.routing.policy == "round_robin" and root.balancer.name == "round_robin"
+        assert root.settings.store.timeout == before.store.timeout
+        assert [r.getMessage() for r in caplog.records] == [
+            "reload: store.timeout changed; it takes effect at the next restart",
+            f"reload of {path} applied: routing.policy",
+        ]
+    finally:
+        await root.stop()
