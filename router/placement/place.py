@@ -216,6 +216,7 @@ class Placement:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.balancer = balancer
+        self._pool = balancer.pool
         self._store = store
         self._metrics = metrics
         self._clock = clock
@@ -232,6 +233,7 @@ class Placement:
         if drain is not None:
             self._served.reconfigure(drain.idle)
         self._pins = settings.enabled and balancer.keyed
+        self._keyed = balancer.keyed
         metrics.routing_policy.clear()
         metrics.routing_policy.labels(balancer.name).set(1)
         self._placed = {r: metrics.placements.labels(balancer.name, r.value) for r in Route}
@@ -253,7 +255,7 @@ class Placement:
         self._placed[decision.route].inc()
         if decision.rehomed is not None:
             self._metrics.rehomed.labels(decision.rehomed.value).inc()
-        if hash_key is not None and self.balancer.keyed:
+        if hash_key is not None and self._keyed:
             self._note_served(key, hash_key, decision.worker)
         if self._pins and key.session is not None:
             await self._record(key, decision, pinned)
@@ -261,7 +263,7 @@ class Placement:
 
     def _note_served(self, key: RoutingKey, hash_key: str, worker: Worker) -> None:
         now = self._clock()
-        self.balancer.pool.placed_keyed(worker, now)
+        self._pool.placed_keyed(worker, now)
         if self._served.note(key, hash_key, worker.name, now):
             task = asyncio.get_running_loop().create_task(
                 self._guarded("served", self._served.write(key, worker.name))

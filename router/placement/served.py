@@ -18,9 +18,8 @@ Requests keyed by prompt prefix (no session id) are judged by this replica's own
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any
 
 from router.placement.session import RoutingKey
 from router.store import SessionStore
@@ -28,41 +27,38 @@ from router.store import SessionStore
 REFRESH_FRACTION = 0.25
 
 
-class _Served(NamedTuple):
-    worker: str
-    at: float  # last placed (monotonic)
-    written: float  # last written to the store (monotonic)
-
-
 class ServedLog:
+    """The in-process record, and the shared one's writes and reads. Each entry is
+    `[worker, last placed, last refreshed]` (monotonic times), updated in place on every turn
+    and moved to the back of the map only when refreshed (at most every `drain.idle / 4`),
+    so the map evicts the entries refreshed longest ago."""
+
     def __init__(self, store: SessionStore, idle: float, capacity: int, clock: Callable[[], float]):
         self._store = store
+        self._shared = not store.in_process
         self._idle = idle
+        self._refresh = idle * REFRESH_FRACTION
         self._capacity = capacity
         self._clock = clock
-        self._served: OrderedDict[str, _Served] = OrderedDict()
+        self._served: dict[str, list[Any]] = {}
 
     def reconfigure(self, idle: float) -> None:
         self._idle = idle
+        self._refresh = idle * REFRESH_FRACTION
 
     def note(self, key: RoutingKey, hash_key: str, worker: str, now: float) -> bool:
         """Note that `worker` serves this turn; True when the shared record should be written
         now (then call `write`). With an in-process store this map is the record."""
-        served = self._served.pop(hash_key, None)
-        share = (
-            key.session is not None
-            and not self._store.in_process
-            and (
-                served is None
-                or served.worker != worker
-                or now - served.written >= self._idle * REFRESH_FRACTION
-            )
-        )
-        written = now if share else served.written if served is not None else -1e18
-        self._served[hash_key] = _Served(worker, now, written)
-        if len(self._served) > self._capacity:
-            self._served.popitem(last=False)
-        return share
+        served = self._served.get(hash_key)
+        if served is not None and served[0] == worker and now - served[2] < self._refresh:
+            served[1] = now
+            return False
+        if served is not None:
+            del self._served[hash_key]
+        elif len(self._served) >= self._capacity:
+            del self._served[next(iter(self._served))]
+        self._served[hash_key] = [worker, now, now]
+        return self._shared and key.session is not None
 
     async def write(self, key: RoutingKey, worker: str) -> None:
         await self._store.set_served(key.tenant, key.session or "", worker, self._idle)
@@ -70,8 +66,8 @@ class ServedLog:
     async def served_by(self, key: RoutingKey, hash_key: str, timeout: float) -> str | None:
         """The worker that served the session within the last `drain.idle` seconds, if any."""
         served = self._served.get(hash_key)
-        if served is not None and self._clock() - served.at < self._idle:
-            return served.worker
+        if served is not None and self._clock() - served[1] < self._idle:
+            return served[0]
         if key.session is None or self._store.in_process:
             return None
         async with asyncio.timeout(timeout):

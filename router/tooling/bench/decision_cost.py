@@ -6,20 +6,24 @@ Times `Balancer.choose` (the pure choice) and `Placement.place` (the choice plus
 pin read from the in-memory store), one call at a time with `perf_counter_ns`, over random
 session keys while worker in-flight counts change as they would under load, and with fresh
 load figures for every worker (a quarter of them saturated, so cost_aware weighs moves).
-Prints p50, p99 and p99.9 in microseconds.
+`Placement.place` is timed twice: with no drain (every keyed placement notes the worker that
+served it, for drains) and with one worker draining, when each placement also asks whether the
+session is existing on it (the in-process record). Prints p50, p99 and p99.9 in microseconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import random
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import get_args
 
-from router.config import LoadSettings, PolicyName, RoutingSettings
+from router.config import DrainSettings, LoadSettings, PolicyName, RoutingSettings
+from router.fleet.drain import Drains
 from router.fleet.engines import LoadReading
 from router.fleet.load import Loads
 from router.fleet.workers import Worker, WorkerPool
@@ -86,12 +90,16 @@ def time_choose(policy: str, workers: int, decisions: int, seed: int) -> list[in
     return samples
 
 
-async def time_place(workers: int, decisions: int, seed: int) -> list[int]:
+async def time_place(workers: int, decisions: int, seed: int, draining: bool) -> list[int]:
     pool = make_pool(workers)
     rng = random.Random(seed)
     routing = RoutingSettings()
     balancer = Balancer(pool, routing, loads=loaded(pool, rng))
-    placement = Placement(balancer, MemoryStore(), routing.pins, Metrics())
+    metrics = Metrics()
+    drains = Drains(pool, DrainSettings(), metrics)
+    if draining:
+        drains.begin(next(iter(pool)), remove=False, reason="admin")
+    placement = Placement(balancer, MemoryStore(), routing.pins, metrics, drains=drains)
     keys = [
         RoutingKey("tenant", f"session-{rng.randrange(10 * decisions)}") for _ in range(decisions)
     ]
@@ -112,16 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--decisions", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--place-only", action="store_true", help="skip the policies' rows")
     ns = parser.parse_args(argv)
+    logging.getLogger("kvrouter").setLevel(logging.ERROR)  # the drain's own log line
     print(f"placement decision cost, {ns.workers} workers, {ns.decisions} decisions each (µs)")
-    print(f"{'step':<34}{'p50':>8}{'p99':>8}{'p99.9':>8}")
-    for policy in POLICIES:
+    print(f"{'step':<40}{'p50':>8}{'p99':>8}{'p99.9':>8}")
+    for policy in () if ns.place_only else POLICIES:
         time_choose(policy, ns.workers, 2_000, ns.seed)  # warm up
         p50, p99, p999 = percentiles(time_choose(policy, ns.workers, ns.decisions, ns.seed))
-        print(f"{'choose: ' + policy:<34}{p50:>8.1f}{p99:>8.1f}{p999:>8.1f}")
-    samples = asyncio.run(time_place(ns.workers, ns.decisions, ns.seed))
-    p50, p99, p999 = percentiles(samples)
-    print(f"{'place: cost_aware + pin read':<34}{p50:>8.1f}{p99:>8.1f}{p999:>8.1f}")
+        print(f"{'choose: ' + policy:<40}{p50:>8.1f}{p99:>8.1f}{p999:>8.1f}")
+    for draining, label in ((False, ""), (True, ", 1 draining")):
+        samples = asyncio.run(time_place(ns.workers, ns.decisions, ns.seed, draining))
+        p50, p99, p999 = percentiles(samples)
+        print(f"{'place: cost_aware + pin read' + label:<40}{p50:>8.1f}{p99:>8.1f}{p999:>8.1f}")
     return 0
 
 
