@@ -96,3 +96,27 @@ async def test_weight_changes_are_validated_and_applied(sim_fleet, router_in_pro
         for session in sessions:
             counts[(await served_by(http, url, session))[0]] += 1
         assert counts["sim-0"] > 2 * counts["sim-1"]
+
+
+async def test_replicas_sharing_redis_agree_on_which_sessions_a_draining_worker_keeps(
+    sim_fleet, router_in_process, http, shared_redis_url, redis_prefix
+):
+    fleet = sim_fleet(2, "--time-scale", "0")
+    store = {"url": shared_redis_url, "key_prefix": redis_prefix}
+    common = {
+        "admin": {"token": TOKEN},
+        "routing": {"slow_start": {"window": 0}},
+        "store": store,
+        "drain": {"idle": 30},
+    }
+    async with router_in_process(fleet.settings(**common)) as first:
+        home, _ = await served_by(http, first, "shared-1")
+        await asyncio.sleep(0.2)  # the served record is written in the background
+        async with router_in_process(fleet.settings(**common)) as second:
+            async with http.post(second + f"/admin/workers/{home}/drain", headers=AUTH) as resp:
+                assert resp.status == 200
+            # The second replica never served shared-1: the record in Redis says it exists.
+            assert await served_by(http, second, "shared-1") == (home, "affinity")
+            new = await session_homed_on(http, second, home, "fresh-")
+            elsewhere, route = await served_by(http, second, new)
+            assert elsewhere != home and route == "fallback"
