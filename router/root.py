@@ -93,6 +93,7 @@ class Router:
             connect_timeout=settings.timeouts.connect,
             max_per_worker=settings.limits.max_connections_per_worker,
         )
+        self.membership.on_removed(lambda worker: self.upstream.forget(worker.url))
         outcomes = Outcomes(self.passive, metrics)
         relay = Relay(outcomes, metrics, settings.timeouts, pool)
         self.forwarder = Forwarder(

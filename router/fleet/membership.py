@@ -75,8 +75,13 @@ class Membership:
         self._default_engine = default_engine
         self._wall_clock = wall_clock
         self._task: asyncio.Task[None] | None = None
+        self._on_removed: list[Callable[[Worker], None]] = []
         self.status = DiscoveryStatus("static")
         drains.on_removed(self._removed)
+
+    def on_removed(self, callback: Callable[[Worker], None]) -> None:
+        """Call `callback` with every worker that leaves the pool (to close what it held)."""
+        self._on_removed.append(callback)
 
     def reconfigure(self, default_engine: str) -> None:
         self._default_engine = default_engine
@@ -167,6 +172,8 @@ class Membership:
     def _removed(self, worker: Worker) -> None:
         self._metrics.membership_changes.labels("removed").inc()
         self._metrics.forget_worker(worker.name)
+        for callback in self._on_removed:
+            callback(worker)
         log.info("worker %s left the pool", worker.name)
 
     # -- the source's task

@@ -8,6 +8,8 @@ import asyncio
 from typing import Any
 
 from router.config import parse_settings
+from router.http.common import ROOT
+from router.server import running
 from tests.conftest import FAST_HEALTH, chat_body, counted
 
 SRV = "_http._tcp.vllm.test"
@@ -33,7 +35,7 @@ async def until(check: Any, timeout: float = 5.0) -> None:
 
 
 async def test_dns_discovery_follows_workers_in_and_out_and_keeps_the_last_list_on_failure(
-    sim_fleet, router_in_process, http, dns_server
+    sim_fleet, http, dns_server
 ):
     fleet = sim_fleet(3, "--time-scale", "0")
     ports = [int(u.rpartition(":")[2]) for u in fleet.urls]
@@ -52,7 +54,8 @@ async def test_dns_discovery_follows_workers_in_and_out_and_keeps_the_last_list_
     del raw["workers"]
     settings = parse_settings(raw, env={})
     names = [f"127.0.0.1:{p}" for p in ports]
-    async with router_in_process(settings) as url:
+    async with running(settings, settings.host, settings.port) as runner:
+        root, url = runner.app[ROOT], f"http://{settings.listen}"
 
         async def two_listed() -> bool:
             return sorted(await listed(http, url)) == sorted(names[:2])
@@ -66,6 +69,8 @@ async def test_dns_discovery_follows_workers_in_and_out_and_keeps_the_last_list_
                 assert r.status == 200
                 seen.add(r.headers["x-kvrouter-worker"])
         assert seen == set(names[:2])
+        gone = fleet.urls[0]
+        assert root.upstream.idle_connections()[gone] > 0
 
         zone.zone = srv_zone(ports[1:])  # the first goes away, the third joins
 
@@ -75,6 +80,7 @@ async def test_dns_discovery_follows_workers_in_and_out_and_keeps_the_last_list_
         await until(rotated)
         assert await counted(http, url, "kvrouter_membership_changes_total", change="added") == 3
         assert await counted(http, url, "kvrouter_membership_changes_total", change="removed") == 1
+        assert gone not in root.upstream.idle_connections()  # its connections were closed
 
         zone.silent = True  # the DNS server stops answering: the last good list stays
         await until(lambda: _discovery_failing(http, url))

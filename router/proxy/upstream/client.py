@@ -30,10 +30,17 @@ class UpstreamClient:
         self._pools: dict[str, OriginPool] = {}
         self._tls: ssl.SSLContext | None = None
 
-
     def reconfigure(self, connect_timeout: float) -> None:
         """A new connect timeout, from the next connection opened."""
         self._connect_timeout = connect_timeout
+
+    def forget(self, url: str) -> None:
+        """A worker left the pool: close its idle connections now; the ones in use close when
+        their exchanges end."""
+        pool = self._pools.pop(url, None)
+        if pool is not None:
+            pool.close()
+
     async def request(
         self, url: str, method: str, target: str, headers: CIMultiDict[str], body: bytes
     ) -> Response:
