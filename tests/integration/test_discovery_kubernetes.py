@@ -573,7 +573,8 @@ async def test_weights_come_from_the_pod_annotation_read_once_per_pod(api, setti
         await until(lambda: len(sink.published) == 3, "the publish of the new pod")
         assert sink.latest["vllm-0"].weight == 4.0
         assert sorted(api.pod_reads) == ["vllm-0", "vllm-0", "vllm-1", "vllm-2"]
-    logged = sorted(r.getMessage() for r in caplog.records if r.name == "kvrouter.discovery")
+    source_log = "kvrouter.discovery.kubernetes"
+    logged = sorted(r.getMessage() for r in caplog.records if r.name == source_log)
     assert logged == [  # once per pod; the pods are read concurrently
         "pod vllm-1: annotation kvrouter.io/weight is 'heavy', not a number in (0, 100]; "
         "weight 1.0",

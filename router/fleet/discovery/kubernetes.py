@@ -12,7 +12,8 @@ The protocol is the API server's list-and-watch:
 - Any other failure (credentials, connection, a non-2xx answer, a timeout, a malformed answer)
   is reported with `sink.failed(reason)` and retried after a backoff (0.5 s doubling to 10 s,
   with jitter; back to 0.5 s after a successful list) by loading the credentials and listing
-  again. The membership keeps the last good list meanwhile.
+  again. The membership keeps the last good list meanwhile, and logs the failing stretch (the
+  source logs only what the sink does not hear: pod weights, and unexpected errors).
 
 Every call is bounded: the credentials and the list by `timeout`, the watch's answer head by
 `timeout` and the time spent waiting for its body by `watch_seconds + timeout` (the server
@@ -56,7 +57,7 @@ from router.fleet.discovery.slices import Endpoint, Json, SliceError, endpoints,
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api
 
-log = logging.getLogger("kvrouter.discovery")
+log = logging.getLogger("kvrouter.discovery.kubernetes")
 
 INSTALL_HINT = "pip install 'kvrouter[kubernetes]'"
 MAX_EVENT_BYTES = 16 * 1024 * 1024
@@ -244,7 +245,6 @@ class KubernetesSource:
             if settings.weight_annotation
             else None
         )
-        self._failing: str | None = None
         self._progressed = False  # a watch event or a whole watch since the last list
 
     async def run(self, sink: Sink) -> None:
@@ -253,17 +253,11 @@ class KubernetesSource:
                 async with await self._connect() as api:
                     await self._follow(api, sink)
             except (_Failed, _Gone) as err:
-                self._report(sink, _one_line(str(err)))
+                sink.failed(_one_line(str(err)))
             except Exception as err:  # a bug, or an answer of a shape nobody expected
                 log.exception("kubernetes discovery: unexpected error")
-                self._report(sink, _one_line(_describe(err, self._settings.timeout)))
+                sink.failed(_one_line(_describe(err, self._settings.timeout)))
             await asyncio.sleep(self._backoff.next())
-
-    def _report(self, sink: Sink, reason: str) -> None:
-        if reason != self._failing:
-            log.warning("kubernetes discovery failed: %s", reason)
-        self._failing = reason
-        sink.failed(reason)
 
     async def _connect(self) -> ApiClient:
         """A client with the configured credentials (see the module's docstring)."""
@@ -303,9 +297,6 @@ class KubernetesSource:
         core = self._client.CoreV1Api(api)
         while True:
             version = await self._list(discovery)
-            if self._failing is not None:
-                log.info("kubernetes discovery: listed %s again", self._where())
-                self._failing = None
             self._backoff.reset()
             self._progressed = False
             await self._publish(sink, core)
@@ -315,7 +306,7 @@ class KubernetesSource:
             except _Gone as gone:
                 if not self._progressed:
                     raise _Failed(f"{gone} (straight after a list)") from gone
-                log.info("kubernetes discovery: %s; listing again", gone)
+                log.debug("kubernetes discovery: %s; listing again", gone)
 
     def _where(self) -> str:
         return f"EndpointSlices in {self._settings.namespace} ({self._settings.selector})"
@@ -442,7 +433,7 @@ class KubernetesSource:
         try:
             found = endpoints(self._slices.values(), self._settings)
         except SliceError as err:
-            self._report(sink, str(err))
+            sink.failed(str(err))
             return
         weights = await self._weights.of(core, found) if self._weights is not None else {}
         sink.publish(
