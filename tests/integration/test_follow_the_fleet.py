@@ -1,6 +1,7 @@
-"""A router that follows its fleet through DNS: workers found by SRV records join, a record
-that goes away drains its worker out, and a DNS server that stops answering leaves the last
-good list in service (with /readyz saying so)."""
+"""A router that follows its fleet through DNS and through Kubernetes EndpointSlices: workers
+join, a record that goes away drains its worker out, a terminating pod drains while its
+sessions stay, and a source that stops answering leaves the last good list in service (with
+/readyz saying so)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from router.config import parse_settings
 from router.http.common import ROOT
 from router.server import running
 from tests.conftest import FAST_HEALTH, chat_body, counted
+from tests.kube_api import NAMESPACE, SELECTOR, FakeApiServer, kubeconfig
 
 SRV = "_http._tcp.vllm.test"
 TOKEN = "f" * 24
@@ -106,3 +108,94 @@ async def test_dns_discovery_follows_workers_in_and_out_and_keeps_the_last_list_
 async def _discovery_failing(http: Any, url: str) -> bool:
     async with http.get(url + "/readyz") as resp:
         return (await resp.json())["discovery"]["ok"] is False
+
+
+def endpoint_slice(pod: str, port: int, *, ready: bool = True, terminating: bool = False):
+    """One slice per worker (each simulated worker has its own port on 127.0.0.1)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"vllm-{pod}",
+            "namespace": NAMESPACE,
+            "labels": {"kubernetes.io/service-name": "vllm"},
+        },
+        "addressType": "IPv4",
+        "endpoints": [
+            {
+                "addresses": ["127.0.0.1"],
+                "conditions": {"ready": ready, "serving": True, "terminating": terminating},
+                "targetRef": {"kind": "Pod", "namespace": NAMESPACE, "name": pod},
+            }
+        ],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    }
+
+
+async def test_kubernetes_discovery_drains_a_terminating_pod_and_survives_the_api_going_away(
+    sim_fleet, http, tmp_path
+):
+    fleet = sim_fleet(3, "--time-scale", "0")
+    ports = [int(u.rpartition(":")[2]) for u in fleet.urls]
+    api = FakeApiServer()
+    await api.start()
+    for i in range(2):
+        api.put(endpoint_slice(f"vllm-{i}", ports[i]))
+    raw = fleet.config(
+        admin={"token": TOKEN},
+        health=FAST_HEALTH,
+        routing={"slow_start": {"window": 0}},
+        drain={"idle": 30, "check_interval": 0.05},
+        discovery={
+            "source": "kubernetes",
+            "kubernetes": {"namespace": NAMESPACE, "selector": SELECTOR, "port_name": "http",
+                           "kubeconfig": str(kubeconfig(tmp_path / "kubeconfig", api.url))},
+        },
+    )  # fmt: skip
+    del raw["workers"]
+    settings = parse_settings(raw, env={})
+    try:
+        async with running(settings, settings.host, settings.port) as runner:
+            root, url = runner.app[ROOT], f"http://{settings.listen}"
+
+            async def pods_listed() -> bool:
+                return sorted(await listed(http, url)) == ["vllm-0", "vllm-1"]
+
+            await until(pods_listed)
+            served = {}
+            for i in range(30):
+                headers = {"x-session-id": f"k{i}"}
+                body = chat_body()
+                async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
+                    assert r.status == 200
+                    served[f"k{i}"] = r.headers["x-kvrouter-worker"]
+            assert set(served.values()) == {"vllm-0", "vllm-1"}
+
+            # vllm-1 is terminating (still serving): it drains; its sessions stay on it.
+            api.put(endpoint_slice("vllm-1", ports[1], ready=False, terminating=True))
+            api.put(endpoint_slice("vllm-2", ports[2]))
+
+            async def draining() -> bool:
+                workers = await listed(http, url)
+                return "vllm-2" in workers and workers["vllm-1"]["state"] == "draining"
+
+            await until(draining)
+            assert (await listed(http, url))["vllm-1"]["drain"]["reason"] == "terminating"
+            stays = next(s for s, w in served.items() if w == "vllm-1")
+            async with http.post(
+                url + "/v1/chat/completions", json=chat_body(), headers={"x-session-id": stays}
+            ) as r:
+                assert r.headers["x-kvrouter-worker"] == "vllm-1"
+
+            await api.stop()  # the API server goes away: the last list stays in service
+
+            async def failing() -> bool:
+                return root.membership.status.ok is False
+
+            await until(failing)
+            async with http.get(url + "/readyz") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["discovery"]["source"] == "kubernetes"
+            assert sorted(await listed(http, url)) == ["vllm-0", "vllm-1", "vllm-2"]
+    finally:
+        await api.stop()
