@@ -220,11 +220,24 @@ class RoutingSettings(BaseModel):
 
 
 class RetrySettings(BaseModel):
-    """Retries happen only before any response byte reached the client."""
+    """Retries before any response byte reached the client (`attempts`, `on_status`; a
+    buffered body that breaks counts as one), and resumes of streams cut after it did
+    (`mid_stream`: the answer continues on another worker, see docs/resume.md)."""
 
     model_config = _STRICT
     attempts: int = Field(default=2, ge=0, le=10)
     on_status: tuple[int, ...] = (502, 503)
+    mid_stream: bool = Field(default=True, description="resume cut streams on another worker")
+    mid_stream_max: int = Field(default=2, ge=1, le=10, description="resumes per request")
+    mid_stream_bytes: int = Field(
+        default=1024 * 1024, ge=4096, le=64 * 1024 * 1024,
+        description="a stream is resumable while it has relayed at most this many bytes",
+    )  # fmt: skip
+    buffer_bytes: int = Field(
+        default=1024 * 1024, ge=0, le=64 * 1024 * 1024,
+        description="a non-streamed answer up to this size is read whole before it is sent, "
+        "so a body that breaks is retried on another worker",
+    )  # fmt: skip
 
     @field_validator("on_status")
     @classmethod

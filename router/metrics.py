@@ -223,6 +223,26 @@ class Metrics:
             ["action", "outcome"], registry=r,
         )  # fmt: skip
 
+        # Streams cut mid-answer and continued on another worker.
+        self.resumes = Counter(
+            f"{p}_stream_resumes_total",
+            "Streams cut after their first byte, by outcome (resumed: continued on another "
+            "worker; completed: only the end was missing; refused: not resumable; failed: no "
+            "worker could continue it) and reason (the cut, or why it was not resumed).",
+            ["outcome", "reason"], registry=r,
+        )  # fmt: skip
+        self.resume_pause_seconds = Histogram(
+            f"{p}_stream_resume_pause_seconds",
+            "The pause a resumed stream's client saw: from the last event before the cut to "
+            "the first event after it.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.body_retries = Counter(
+            f"{p}_body_retries_total",
+            "Non-streamed answers whose body broke: retried whole (retried), or not, because "
+            "part was already sent (past retries.buffer_bytes) or no attempt was left.",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         # Membership: discovery, drains, reloads.
         self.discovery_up = Gauge(
             f"{p}_discovery_up",

@@ -95,7 +95,7 @@ class Router:
         )
         self.membership.on_removed(lambda worker: self.upstream.forget(worker.url))
         outcomes = Outcomes(self.passive, metrics)
-        relay = Relay(outcomes, metrics, settings.timeouts, pool)
+        relay = Relay(outcomes, metrics, settings.timeouts, pool, settings.retries)
         self.forwarder = Forwarder(
             self.upstream, self.placement, pool, outcomes, relay, metrics, settings.retries,
             settings.timeouts,

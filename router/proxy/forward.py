@@ -1,11 +1,17 @@
-"""Forward one request: place it, send it, retry what may be retried, relay the answer.
+"""Forward one request: place it, send it, retry what may be retried, relay the answer, and
+continue a stream that a worker cut off.
 
 Each attempt takes a placement decision (avoiding the workers already tried) and a lease on
 the chosen worker, which counts it in flight until the answer has been relayed or the attempt
 failed. A failure before anything reached the client (refused, reset, connect timeout,
-garbled head, or a status in `retries.on_status`) is tried again on the next choice, at most
-`retries.attempts` times and within the request's deadline. Once the first byte has reached
-the client nothing is retried.
+garbled head, a status in `retries.on_status`, or a body read whole that broke) is tried
+again on the next choice, at most `retries.attempts` times and within the request's deadline.
+
+Once the first byte has reached the client the request is not sent again; a stream cut after
+it is *resumed* instead (`StreamResumer`, on unless `retries.mid_stream` is off): continued on
+the next worker placement gives (as for a fallback, never one that already failed it), as a
+continuation of what the client has (`router.proxy.resume`), at most `retries.mid_stream_max`
+times, within the request's deadline; resumes do not use up `retries.attempts`.
 """
 
 from __future__ import annotations
@@ -13,18 +19,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
 from router.config import RetrySettings, TimeoutSettings
-from router.fleet.workers import WorkerLease, WorkerPool
+from router.errors import NoHealthyWorker, RouterError
+from router.fleet.workers import Worker, WorkerLease, WorkerPool
 from router.metrics import Metrics
 from router.placement.place import Decision, Placement
 from router.placement.session import RoutingKey
 from router.proxy.outcomes import Failure, Outcomes, bad_status, before_head
-from router.proxy.relay import Answer, Relay, ResponseObserver
+from router.proxy.relay import Answer, Continuation, Relay, ResponseObserver, RetryWhole
+from router.proxy.resume import (
+    ECHO_ENGINES,
+    RESUMING_ENGINES,
+    Refused,
+    Stitcher,
+    check,
+    continuation_body,
+    path_kind,
+    read_relayed,
+)
+from router.proxy.transcript import Transcript
 from router.proxy.upstream import (
     ClosedBeforeHead,
     ConnectFailed,
@@ -49,6 +70,7 @@ class Outgoing:
     request_id: str
     key: RoutingKey
     observer: ResponseObserver | None = None
+    body_for: Callable[[Worker], bytes] | None = None  # a body per worker (continuations)
 
 
 @dataclass(slots=True)
@@ -80,30 +102,55 @@ class Forwarder:
         self._pool = pool
         self._outcomes = outcomes
         self._relay = relay
+        self._metrics = metrics
         self._retried = metrics.retries
         self.reconfigure(retries, timeouts)
 
     def reconfigure(self, retries: RetrySettings, timeouts: TimeoutSettings) -> None:
         self._retries = retries
         self._timeouts = timeouts
-        self._relay.reconfigure(timeouts)
+        self._relay.reconfigure(timeouts, retries)
 
     async def forward(self, request: web.Request, out: Outgoing) -> web.StreamResponse:
-        """Choose, send, retry before the first byte, then relay the answer."""
+        """Choose, send, retry before the first byte, then relay the answer (resuming it
+        elsewhere if it is cut)."""
         started = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self._timeouts.total
-        opened = await self.open(out, deadline)
-        answer = Answer(opened.response, opened.decision, out.observer, started, deadline)
-        with opened.lease:
-            return await self._relay.relay(request, answer, out.request_id)
-
-    async def open(self, out: Outgoing, deadline: float) -> Opened:
-        """The first usable response head, trying workers in placement order; raises the
-        last failure's error when no attempt is left (or NoHealthyWorker)."""
-        loop = asyncio.get_running_loop()
+        resumer = StreamResumer(self, out, deadline) if self._retries.mid_stream else None
         tried: list[str] = []
         while True:
-            decision = await self._placement.place(out.key, tried, len(out.body))
+            opened = await self.open(out, deadline, tried)
+            answer = Answer(opened.response, opened.decision, out.observer, started, deadline)
+            with opened.lease:
+                try:
+                    return await self._relay.relay(request, answer, out.request_id, resumer)
+                except RetryWhole as retry:
+                    worker = opened.decision.worker
+                    tried.append(worker.name)
+                    left = deadline - asyncio.get_running_loop().time()
+                    if len(tried) > self._retries.attempts or left <= 0:
+                        self._metrics.body_retries.labels("no_attempt_left").inc()
+                        raise retry.failure.error(worker) from None
+                    self._metrics.body_retries.labels("retried").inc()
+                    self._retried.labels(retry.failure.kind).inc()
+                    log.info("retrying %s: its body broke on %s", out.request_id, worker.name)
+
+    async def open(
+        self,
+        out: Outgoing,
+        deadline: float,
+        tried: list[str] | None = None,
+        avoid: Sequence[str] = (),
+    ) -> Opened:
+        """The first usable response head, trying workers in placement order; raises the
+        last failure's error when no attempt is left (or NoHealthyWorker). `tried` names
+        workers already tried for this request (each counts as an attempt) and gets the ones
+        tried here; `avoid` names workers not to use that count as no attempt."""
+        loop = asyncio.get_running_loop()
+        tried = [] if tried is None else tried
+        while True:
+            excluded = [*avoid, *tried] if avoid else tried
+            decision = await self._placement.place(out.key, excluded, len(out.body))
             worker = decision.worker
             lease = self._pool.lease(worker)
             remaining = deadline - loop.time()
@@ -131,8 +178,9 @@ class Forwarder:
         budget = min(self._timeouts.first_byte, max(remaining, 0.001))
         try:
             async with asyncio.timeout(budget):
+                body = out.body if out.body_for is None else out.body_for(worker)
                 response = await self._client.request(
-                    worker.url, out.method, out.path_qs, out.headers, out.body
+                    worker.url, out.method, out.path_qs, out.headers, body
                 )
         except _BEFORE_HEAD as err:
             return None, before_head(err, worker, self._timeouts.connect, budget)
@@ -145,3 +193,80 @@ class Forwarder:
             return response, None
         response.close()
         return None, bad_status(worker, status, retryable=True)
+
+
+class StreamResumer:
+    """Continues one request's stream on another worker when a worker cuts it off (see the
+    module docstring and `router.proxy.resume`). Every outcome is counted."""
+
+    def __init__(self, forwarder: Forwarder, out: Outgoing, deadline: float) -> None:
+        self._forwarder = forwarder
+        self._out = out
+        self._deadline = deadline
+        self._failed: list[str] = []
+        self._document: Any = None
+
+    async def resume(
+        self, failed: Worker, failure: Failure, transcript: Transcript
+    ) -> Continuation | bytes | None:
+        forwarder, out = self._forwarder, self._out
+        settings = forwarder._retries
+        self._failed.append(failed.name)
+        counted = forwarder._metrics.resumes
+        try:
+            relayed = self._relayed(transcript)
+            if relayed.done:
+                counted.labels("completed", failure.kind).inc()
+                return b""
+            if relayed.finished:  # all but the end came: end it
+                counted.labels("completed", failure.kind).inc()
+                return b"data: [DONE]\n\n"
+            if len(self._failed) > settings.mid_stream_max:
+                raise Refused("too_many")
+            if asyncio.get_running_loop().time() >= self._deadline:
+                raise Refused("deadline")
+            opened = await self._open(relayed)
+        except Refused as refused:
+            counted.labels("refused", refused.reason).inc()
+            log.warning("stream %s cut and not resumed (%s)", out.request_id, refused.reason)
+            return None
+        except (NoHealthyWorker, RouterError) as err:
+            counted.labels("failed", "no_worker").inc()
+            log.warning("stream %s cut; no worker could continue it: %s", out.request_id, err)
+            return None
+        counted.labels("resumed", failure.kind).inc()
+        worker = opened.decision.worker
+        log.warning(
+            "stream %s cut by %s (%s); continued on %s", out.request_id, failed.name,
+            failure.kind, worker.name,
+        )  # fmt: skip
+        echo = worker.engine in ECHO_ENGINES
+        return Continuation(
+            opened.decision, opened.response, opened.lease, Stitcher(relayed, echo=echo)
+        )
+
+    def _relayed(self, transcript: Transcript) -> Any:
+        if transcript.unresumable is not None:
+            raise Refused(transcript.unresumable)
+        chat = path_kind(self._out.path_qs)
+        if chat is None:
+            raise Refused("path")
+        relayed = read_relayed(transcript.relayed, chat)
+        if self._document is None:
+            try:
+                self._document = orjson.loads(self._out.body)
+            except orjson.JSONDecodeError:
+                raise Refused("request") from None
+        check(self._document, relayed)
+        return relayed
+
+    async def _open(self, relayed: Any) -> Opened:
+        """The continuation's head from the next worker that can continue it."""
+        forwarder, document = self._forwarder, self._document
+        unable = [w.name for w in forwarder._pool if w.engine not in RESUMING_ENGINES]
+        out = Outgoing(
+            self._out.method, self._out.path_qs, self._out.headers, self._out.body,
+            self._out.request_id, self._out.key,
+            body_for=lambda worker: continuation_body(document, relayed, worker.engine),
+        )  # fmt: skip
+        return await forwarder.open(out, self._deadline, avoid=[*self._failed, *unable])

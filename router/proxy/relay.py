@@ -1,11 +1,16 @@
 """Relay one worker's answer to the client, and count what it says.
 
-A small answer whose length is known is read whole and sent in one piece; anything else (an
-event stream, a chunked or large body) is passed on chunk by chunk as it arrives, with the
-client's back-pressure, bounded by `timeouts.idle` between chunks and the request's deadline
-overall. A stream that breaks after the first byte reached the client ends with an SSE error
+An answer that is not an event stream is read whole, up to `retries.buffer_bytes`, and sent in
+one piece: a body that breaks before its end is retried whole on another worker (`RetryWhole`
+tells the forwarder). A larger one, and every event stream, is passed on chunk by chunk as it
+arrives, with the client's back-pressure, bounded by `timeouts.idle` between chunks and the
+request's deadline overall. An event stream is passed on in whole events and what it relayed is
+kept (`router.proxy.transcript`), so when it breaks after the first byte reached the client
+the request's `Resumer` can continue it on another worker, its events rewritten into the same
+stream (`router.proxy.resume`); a stream that cannot be continued ends with an SSE error
 event. Taps watch the answer on its way: the usage sniffer always, and the request's own
-`ResponseObserver` (the orchestrator's reply collector) when it has one.
+`ResponseObserver` (the orchestrator's reply collector) when it has one: they see the one
+stitched stream the client sees.
 """
 
 from __future__ import annotations
@@ -13,25 +18,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+from prometheus_client import Histogram
 
-from router.config import TimeoutSettings
-from router.fleet.workers import WorkerPool
+from router.config import RetrySettings, TimeoutSettings
+from router.fleet.workers import Worker, WorkerLease, WorkerPool
 from router.metrics import Children, Metrics
 from router.placement.policies import Decision
 from router.proxy.headers import REHOMED_HEADER, ROUTE_HEADER, WORKER_HEADER, strip_hop_by_hop
 from router.proxy.outcomes import Failure, Outcomes, body_failure
+from router.proxy.resume import Stitcher
+from router.proxy.transcript import Transcript
 from router.proxy.upstream import BodyBroken, Response
 from router.proxy.usage import UsageSniffer, usage_from_json
 
 log = logging.getLogger("kvrouter.proxy")
 
-BUFFER_LIMIT = 1024 * 1024
 
 
 class ResponseObserver(Protocol):
@@ -62,6 +70,34 @@ class Answer:
     deadline: float
 
 
+@dataclass(slots=True)
+class Continuation:
+    """Another worker's answer continuing a cut stream, and how to rewrite it."""
+
+    decision: Decision
+    response: Response
+    lease: WorkerLease
+    stitcher: Stitcher
+
+
+class Resumer(Protocol):
+    """Continues one request's cut stream (see `router.proxy.forward.StreamResumer`)."""
+
+    async def resume(
+        self, failed: Worker, failure: Failure, transcript: Transcript
+    ) -> Continuation | bytes | None:
+        """A continuation; or the bytes that end an answer that was complete but for its
+        end; or None: not resumed (counted and logged by the resumer)."""
+
+
+class RetryWhole(Exception):
+    """A non-streamed answer's body broke before any of it was sent: try another worker."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
 def streaming_events(upstream: Response) -> bool:
     return upstream.content_type == "text/event-stream"
 
@@ -75,42 +111,59 @@ class Relay:
     """Passes answers on and keeps the per-request metrics."""
 
     def __init__(
-        self, outcomes: Outcomes, metrics: Metrics, timeouts: TimeoutSettings, pool: WorkerPool
+        self,
+        outcomes: Outcomes,
+        metrics: Metrics,
+        timeouts: TimeoutSettings,
+        pool: WorkerPool,
+        retries: RetrySettings | None = None,
     ) -> None:
         self._outcomes = outcomes
         self._pool = pool
         self._metrics = metrics
         self._timeouts = timeouts
+        self._retries = retries or RetrySettings()
         self._requests = Children(metrics.requests)
         self._request_seconds = Children(metrics.request_seconds)
         self._first_byte_seconds = Children(metrics.first_byte_seconds)
         self._prompt_tokens = Children(metrics.prompt_tokens)
         self._cached_prompt_tokens = Children(metrics.cached_prompt_tokens)
+        self._body_retries = Children(metrics.body_retries)
 
-    def reconfigure(self, timeouts: TimeoutSettings) -> None:
+    def reconfigure(self, timeouts: TimeoutSettings, retries: RetrySettings | None = None) -> None:
         self._timeouts = timeouts
+        if retries is not None:
+            self._retries = retries
 
     async def relay(
-        self, request: web.Request, answer: Answer, request_id: str
+        self,
+        request: web.Request,
+        answer: Answer,
+        request_id: str,
+        resumer: Resumer | None = None,
     ) -> web.StreamResponse:
         """Pass the answer on; its deadline (loop time) bounds the whole request. The upstream
-        connection is given back (or closed) whatever happens."""
+        connection is given back (or closed) whatever happens. Raises `RetryWhole` when a
+        body that was being read whole broke."""
         upstream, observer = answer.response, answer.observer
         headers = _response_headers(upstream, answer.decision, request_id)
-        length = upstream.content_length
-        streaming = upstream.content_type == "text/event-stream"
-        buffered = not streaming and length is not None and length <= BUFFER_LIMIT
-        if observer is not None:
-            observer.start(upstream.status, upstream.content_type)
         try:
-            if buffered:
+            if observer is not None:
+                observer.start(upstream.status, upstream.content_type)
+            if streaming_events(upstream):
+                return await self._stream(request, answer, headers, resumer)
+            cap = self._retries.buffer_bytes
+            length = upstream.content_length
+            if length is not None and length <= cap:
                 return await self._buffered(answer, headers)
-            return await self._stream(request, answer, headers)
+            if length is None and cap:
+                return await self._read_some(request, answer, headers, cap)
+            return await self._stream(request, answer, headers, None)
         finally:
             upstream.release()
 
     async def _buffered(self, answer: Answer, headers: CIMultiDict[str]) -> web.Response:
-        upstream, decision, observer = answer.response, answer.decision, answer.observer
+        upstream = answer.response
         try:
             if upstream.complete:  # the usual small answer came with its head
                 body = await upstream.read()
@@ -118,10 +171,40 @@ class Relay:
                 async with asyncio.timeout_at(answer.deadline):
                     body = await upstream.read()
         except (BodyBroken, TimeoutError) as err:
-            upstream.close()
-            failure = body_failure(err, decision.worker, relayed=False)
-            self._outcomes.failed(decision.worker, failure)
-            raise failure.error(decision.worker) from None
+            self._retry_whole(answer, err)
+        return await self._whole(answer, headers, body)
+
+    async def _read_some(
+        self, request: web.Request, answer: Answer, headers: CIMultiDict[str], cap: int
+    ) -> web.StreamResponse:
+        """A body of unknown length: read whole while it fits `cap`, else streamed."""
+        upstream = answer.response
+        parts: list[bytes] = []
+        size = 0
+        chunks = upstream.chunks(self._timeouts.idle)
+        try:
+            async with asyncio.timeout_at(answer.deadline):
+                async for chunk in chunks:
+                    parts.append(chunk)
+                    size += len(chunk)
+                    if size > cap:
+                        break
+                else:
+                    return await self._whole(answer, headers, b"".join(parts))
+        except (BodyBroken, TimeoutError) as err:
+            self._retry_whole(answer, err)
+        return await self._stream(request, answer, headers, None, b"".join(parts), chunks)
+
+    def _retry_whole(self, answer: Answer, err: BaseException) -> NoReturn:
+        answer.response.close()
+        failure = body_failure(err, answer.decision.worker, relayed=False)
+        self._outcomes.failed(answer.decision.worker, failure)
+        raise RetryWhole(failure) from None
+
+    async def _whole(
+        self, answer: Answer, headers: CIMultiDict[str], body: bytes
+    ) -> web.Response:
+        upstream, decision, observer = answer.response, answer.decision, answer.observer
         if upstream.status < 500:
             self._outcomes.succeeded(decision.worker)
         if b'"usage"' in body:
@@ -132,46 +215,84 @@ class Relay:
         return web.Response(body=body, status=upstream.status, headers=headers)
 
     async def _stream(
-        self, request: web.Request, answer: Answer, headers: CIMultiDict[str]
+        self,
+        request: web.Request,
+        answer: Answer,
+        headers: CIMultiDict[str],
+        resumer: Resumer | None,
+        already: bytes = b"",
+        chunks: AsyncIterator[bytes] | None = None,
     ) -> web.StreamResponse:
-        upstream, decision, observer = answer.response, answer.decision, answer.observer
+        upstream = answer.response
         response = web.StreamResponse(status=upstream.status, headers=headers)
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
-        sniffer = UsageSniffer()
-        sent_first = False
-        first_at = 0.0
+        resumable = resumer is not None and upstream.status == 200
+        pump = _Pump(
+            response, answer,
+            Transcript(self._retries.mid_stream_bytes) if resumable else None,
+            self._timeouts.idle,
+            self._first_byte_seconds(answer.decision.route.value),
+            self._metrics.resume_pause_seconds,
+        )  # fmt: skip
+        current, continuations = answer, []
         try:
             await response.prepare(request)
-            async with asyncio.timeout_at(answer.deadline):
-                async for chunk in upstream.chunks(self._timeouts.idle):
-                    sniffer.feed(chunk)
-                    await response.write(chunk if observer is None else observer.feed(chunk))
-                    if not sent_first:
-                        sent_first = True
-                        first_at = time.perf_counter()
-                        self._first_byte_seconds(decision.route.value).observe(
-                            first_at - answer.started
-                        )
+            if already:
+                await pump.send(already)
+            while True:
+                try:
+                    await pump.run(current, chunks)
+                    break
+                except (BodyBroken, TimeoutError) as err:
+                    chunks = None
+                    current.response.close()
+                    failed = current.decision.worker
+                    failure = body_failure(err, failed, relayed=True)
+                    self._outcomes.failed(failed, failure)
+                    resumed = None
+                    if resumer is not None and pump.transcript is not None:
+                        pump.transcript.drop_held()
+                        resumed = await resumer.resume(failed, failure, pump.transcript)
+                    elif streaming_events(upstream):
+                        reason = "off" if resumer is None else f"status_{upstream.status}"
+                        self._metrics.resumes.labels("refused", reason).inc()
+                    else:
+                        self._body_retries("past_cap").inc()
+                    if resumed is None:
+                        await self._end_broken(response, current.decision, failure)
+                        return response
+                    if isinstance(resumed, bytes):
+                        await pump.send(resumed)
+                        break
+                    continuations.append(resumed)
+                    current = Answer(
+                        resumed.response, resumed.decision, answer.observer, answer.started,
+                        answer.deadline,
+                    )  # fmt: skip
+                    pump.resumed(resumed.stitcher)
         except asyncio.CancelledError:
-            upstream.close()
+            current.response.close()
             self._metrics.client_disconnects.inc()
             raise
         except ConnectionResetError:  # the client left: a normal end, not a router error
-            upstream.close()
+            current.response.close()
             self._metrics.client_disconnects.inc()
             return response
-        except (BodyBroken, TimeoutError) as err:
-            upstream.close()
-            failure = body_failure(err, decision.worker, relayed=True)
-            await self._end_broken(response, decision, failure)
-            return response
-        if upstream.status < 500:
-            self._outcomes.succeeded(decision.worker)
-            if sent_first and streaming_events(upstream):
-                self._pool.record_service(decision.worker, time.perf_counter() - first_at)
-        self._count_usage(decision, sniffer.usage)
-        self._observe(decision, upstream.status, answer.started, first_byte=not sent_first)
+        finally:
+            for continuation in continuations:
+                continuation.response.release()
+                continuation.lease.release()
+        worker = current.decision.worker
+        if current.response.status < 500:
+            self._outcomes.succeeded(worker)
+            if pump.first_at and not continuations and streaming_events(upstream):
+                self._pool.record_service(worker, time.perf_counter() - pump.first_at)
+        self._count_usage(current.decision, pump.sniffer.usage)
+        self._observe(
+            current.decision, upstream.status, answer.started, first_byte=not pump.first_at
+        )
+        observer = answer.observer
         if observer is not None:
             held = await observer.finish()
             if held:
@@ -182,8 +303,7 @@ class Relay:
     async def _end_broken(
         self, response: web.StreamResponse, decision: Decision, failure: Failure
     ) -> None:
-        """The worker failed mid-stream: tell the client in-band, count it, and end."""
-        self._outcomes.failed(decision.worker, failure)
+        """The stream broke and was not resumed: tell the client in-band, count it, end."""
         self._observe(decision, 502, 0.0, first_byte=False)
         log.warning(failure.message)
         code = "upstream_timeout" if failure.timed_out else "upstream_stream_broken"
@@ -213,6 +333,74 @@ class Relay:
         self._prompt_tokens(*labels).inc(prompt)
         if cached:
             self._cached_prompt_tokens(*labels).inc(cached)
+
+
+class _Pump:
+    """Moves one stream's chunks to the client, across continuations: the taps, the
+    transcript, first-byte time and the pause a resume cost."""
+
+    __slots__ = (
+        "_first_byte", "_idle", "_observer", "_pause", "_pause_from", "_response",
+        "_started", "_stitcher", "first_at", "last_at", "sniffer", "transcript",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        response: web.StreamResponse,
+        answer: Answer,
+        transcript: Transcript | None,
+        idle: float,
+        first_byte: Histogram,
+        pause: Histogram,
+    ) -> None:
+        self._response = response
+        self._observer = answer.observer
+        self._started = answer.started
+        self._idle = idle
+        self._first_byte = first_byte
+        self._pause = pause
+        self.transcript = transcript
+        self.sniffer = UsageSniffer()
+        self._stitcher: Stitcher | None = None
+        self._pause_from = 0.0
+        self.first_at = 0.0
+        self.last_at = 0.0
+
+    def resumed(self, stitcher: Stitcher) -> None:
+        self._stitcher = stitcher
+        self._pause_from = self.last_at
+
+    async def run(self, answer: Answer, chunks: AsyncIterator[bytes] | None) -> None:
+        """Relay `answer` to its end; raises BodyBroken or TimeoutError when it breaks."""
+        transcript, stitcher = self.transcript, self._stitcher
+        if chunks is None:
+            chunks = answer.response.chunks(self._idle)
+        async with asyncio.timeout_at(answer.deadline):
+            async for chunk in chunks:
+                if stitcher is not None:
+                    chunk = stitcher.feed(chunk)
+                if transcript is not None:
+                    chunk = transcript.take(chunk)
+                if chunk:
+                    await self.send(chunk)
+        rest = stitcher.rest() if stitcher is not None else b""
+        if transcript is not None:
+            rest = transcript.take(rest) + transcript.rest()
+        if rest:
+            await self.send(rest)
+
+    async def send(self, chunk: bytes) -> None:
+        self.sniffer.feed(chunk)
+        observer = self._observer
+        await self._response.write(chunk if observer is None else observer.feed(chunk))
+        now = time.perf_counter()
+        if not self.first_at:
+            self.first_at = now
+            self._first_byte.observe(now - self._started)
+        elif self._pause_from:
+            self._pause.observe(now - self._pause_from)
+            self._pause_from = 0.0
+        self.last_at = now
 
 
 def _response_headers(upstream: Response, decision: Decision, request_id: str) -> CIMultiDict[str]:

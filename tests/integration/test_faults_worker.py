@@ -139,30 +139,38 @@ async def stored(http, url: str, session: str) -> list[dict[str, Any]]:
         return (await resp.json())["turns"]
 
 
-# fault, stream?, what the client sees, how the turn is stored, the error kind counted
+# fault, stream?, resume cut streams?, what the client sees, how the turn is stored, the error
+# kind counted. A body read whole that breaks is retried on the good worker; a stream cut
+# mid-answer is continued there (or, with resuming off, ends with an error event).
 CASES = [
-    ("garbage", False, 200, "complete", "protocol"),
-    ("truncated_head", False, 200, "complete", "reset"),
-    ("truncated_body", False, 502, None, "stream"),
-    ("stall_before_head", False, 504, None, "timeout"),
-    ("stall_mid_stream", True, 200, "incomplete", "timeout"),
-    ("storm_500", False, 500, None, "status"),
-    ("reset_mid_stream", True, 200, "incomplete", "stream"),
+    ("garbage", False, True, 200, "complete", "protocol"),
+    ("truncated_head", False, True, 200, "complete", "reset"),
+    ("truncated_body", False, True, 200, "complete", "stream"),
+    ("stall_before_head", False, True, 504, None, "timeout"),
+    ("stall_mid_stream", True, True, 200, "complete", "timeout"),
+    ("stall_mid_stream", True, False, 200, "incomplete", "timeout"),
+    ("storm_500", False, True, 500, None, "status"),
+    ("reset_mid_stream", True, True, 200, "complete", "stream"),
+    ("reset_mid_stream", True, False, 200, "incomplete", "stream"),
 ]
 
 
-@pytest.mark.parametrize(("fault", "stream", "status", "stored_as", "kind"), CASES)
+@pytest.mark.parametrize(("fault", "stream", "resume", "status", "stored_as", "kind"), CASES)
 async def test_a_faulty_worker_costs_no_acknowledged_turn_and_invents_none(
-    sim_fleet, http, fault, stream, status, stored_as, kind
+    sim_fleet, http, fault, stream, resume, status, stored_as, kind
 ):
     good = sim_fleet(1, "--time-scale", "0").urls[0]
+    retries = {"mid_stream": resume}
     async with asyncio.timeout(CASE_SECONDS), FaultyWorker(fault) as bad:
-        async with router_for(bad.url, good) as (url, root):
+        async with router_for(bad.url, good, retries=retries) as (url, root):
             session = session_homed_on(root, "w0")
             got, body = await say(http, url, session, "first question", stream)
             assert got == status, (fault, got, body[:300])
             if stream and stored_as == "incomplete":
                 assert b"event: error" in body and b"[DONE]" not in body, body[-300:]
+            if stream and stored_as == "complete":
+                assert b"event: error" not in body and body.count(b"[DONE]") == 1, body[-300:]
+                assert body.startswith(b'data: {"choices":[{"index":0,"delta":{"content":"He"}}]}')
             turns = await stored(http, url, session)
             if stored_as is None:
                 assert turns == [], f"{fault}: a turn answered {got} left a trace: {turns}"
@@ -185,9 +193,11 @@ async def test_a_worker_that_breaks_every_body_is_ejected_while_its_probes_pass(
     good = sim_fleet(1, "--time-scale", "0").urls[0]
     async with asyncio.timeout(CASE_SECONDS), FaultyWorker("reset_mid_stream") as bad:
         passive = {"consecutive_failures": 3, "base_ejection": 30}
-        async with router_for(bad.url, good, health={**FAST_HEALTH, "passive": passive}) as (
-            url, root,
-        ):  # fmt: skip
+        health = {**FAST_HEALTH, "passive": passive}
+        # with resuming off, so each cut counts and the session stays on w0 until ejected
+        async with router_for(
+            bad.url, good, health=health, retries={"mid_stream": False}
+        ) as (url, root):
             session = session_homed_on(root, "w0")
             body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
             workers = []
