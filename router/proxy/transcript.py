@@ -37,9 +37,8 @@ class Transcript:
         if self.unresumable is not None:
             return chunk
         if not chunk.endswith(_BOUNDARIES):
-            cut = max(chunk.rfind(b"\n\n") + 2, chunk.rfind(b"\r\n\r\n") + 4)
-            if cut < 2:
-                cut = 0
+            lf, crlf = chunk.rfind(b"\n\n"), chunk.rfind(b"\r\n\r\n")
+            cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
             held = chunk[cut:]
             if len(held) > MAX_HELD:
                 self._give_up("framing")
