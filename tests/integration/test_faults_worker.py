@@ -131,6 +131,15 @@ async def say(http, url: str, session: str, text: str, stream: bool) -> tuple[in
         return resp.status, await resp.read()
 
 
+def streamed_text(body: bytes) -> str:
+    texts = []
+    for line in body.split(b"\n"):
+        if line.startswith(b"data: {"):
+            for choice in orjson.loads(line[6:]).get("choices", []):
+                texts.append(choice.get("delta", {}).get("content") or "")
+    return "".join(texts)
+
+
 async def stored(http, url: str, session: str) -> list[dict[str, Any]]:
     async with http.get(f"{url}/v1/sessions/{session}") as resp:
         if resp.status == 404:
@@ -177,6 +186,9 @@ async def test_a_faulty_worker_costs_no_acknowledged_turn_and_invents_none(
             else:
                 assert len(turns) == 1, turns
                 assert turns[0]["complete"] is (stored_as == "complete"), turns
+            if stream and stored_as == "complete":  # the stitched answer, stored once
+                (reply,) = [m for m in turns[0]["messages"] if m["role"] == "assistant"]
+                assert reply["content"] == streamed_text(body) and reply["content"].startswith("He")
             assert await counted(
                 http, url, "kvrouter_upstream_errors_total", worker="w0", kind=kind
             ) >= 1
