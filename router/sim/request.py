@@ -9,14 +9,18 @@ from typing import Any
 import orjson
 
 from router.sim.template import render_chat
+from router.sim.validation import InvalidRequest, optional
 
-
-class InvalidRequest(ValueError):
-    """The client sent something the API does not accept (HTTP 400)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+__all__ = [
+    "CompletionRequest",
+    "InvalidRequest",
+    "decode_json",
+    "parse_chat",
+    "parse_completion",
+    "parse_messages",
+    "parse_prompt",
+    "parse_tokenize",
+]
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ def parse_completion(body: dict[str, Any], default_max_tokens: int) -> Completio
 def parse_tokenize(body: dict[str, Any]) -> str:
     """The text `/tokenize` should count: a raw prompt or a rendered conversation."""
     if "messages" in body:
-        add_prompt = _optional(body, "add_generation_prompt", bool, default=True)
+        add_prompt = optional(body, "add_generation_prompt", bool, default=True)
         return render_chat(parse_messages(body["messages"]), add_prompt)
     return parse_prompt(body.get("prompt"))
 
@@ -104,9 +108,9 @@ def _completion(
     body: dict[str, Any], prompt: str, default_max_tokens: int, *, chat: bool
 ) -> CompletionRequest:
     max_tokens = _max_tokens(body)
-    stream = _optional(body, "stream", bool, default=False)
-    options = _optional(body, "stream_options", dict, default={})
-    include_usage = _optional(options, "include_usage", bool, default=False)
+    stream = optional(body, "stream", bool, default=False)
+    options = optional(body, "stream_options", dict, default={})
+    include_usage = optional(options, "include_usage", bool, default=False)
     return CompletionRequest(
         chat=chat,
         prompt=prompt,
@@ -124,13 +128,4 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidRequest(f"'{key}' must be a positive integer", key)
-    return value
-
-
-def _optional(body: dict[str, Any], key: str, kind: type, *, default: Any) -> Any:
-    value = body.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, kind):
-        raise InvalidRequest(f"'{key}' must be of type {kind.__name__}", key)
     return value
