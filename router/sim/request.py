@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-from router.sim.template import render_chat
+from router.sim.chat import chat_prompt
+from router.sim.tokens import tokenize
 from router.sim.validation import InvalidRequest, optional
 
 __all__ = [
@@ -25,7 +26,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """What the simulator needs from a chat or text completion request."""
+    """What the simulator needs from a chat or text completion request. `max_tokens` is the
+    number of new tokens to produce; `echo` is text the reply's content starts with before
+    them (llama.cpp's echo of a continued assistant message)."""
 
     chat: bool
     prompt: str
@@ -33,6 +36,7 @@ class CompletionRequest:
     explicit_max_tokens: bool
     stream: bool
     include_usage: bool
+    echo: str = ""
 
 
 def decode_json(raw: bytes) -> dict[str, Any]:
@@ -46,20 +50,33 @@ def decode_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def parse_chat(body: dict[str, Any], default_max_tokens: int) -> CompletionRequest:
-    prompt = render_chat(parse_messages(body.get("messages")))
-    return _completion(body, prompt, default_max_tokens, chat=True)
+def parse_chat(
+    body: dict[str, Any], default_max_tokens: int, *, echo_prefill: bool = False
+) -> CompletionRequest:
+    """A chat request (see `router.sim.chat` for continuations). Without an explicit
+    `max_tokens`, a continued assistant message counts toward `default_max_tokens`: the reply
+    stops where the undisturbed one would have, so a message of k tokens gets
+    `default_max_tokens - k` new ones, none when k reaches the default."""
+    prompt = chat_prompt(body, parse_messages(body.get("messages")), echo_prefill=echo_prefill)
+    default = max(default_max_tokens - len(tokenize(prompt.prefill)), 0)
+    echo = prompt.prefill if prompt.echo else ""
+    return _completion(body, prompt.text, default, chat=True, echo=echo)
 
 
 def parse_completion(body: dict[str, Any], default_max_tokens: int) -> CompletionRequest:
+    """A text completion request. A continuation is the prompt with the text already produced
+    appended; the sim cannot tell that text from the prompt, so without an explicit
+    `max_tokens` a continuation gets `default_max_tokens` new tokens, not the rest of the
+    default length (send `max_tokens` to continue exactly)."""
     return _completion(body, parse_prompt(body.get("prompt")), default_max_tokens, chat=False)
 
 
-def parse_tokenize(body: dict[str, Any]) -> str:
-    """The text `/tokenize` should count: a raw prompt or a rendered conversation."""
+def parse_tokenize(body: dict[str, Any], *, echo_prefill: bool = False) -> str:
+    """The text `/tokenize` should count: a raw prompt, or a conversation rendered as a chat
+    request with the same `add_generation_prompt`/`continue_final_message` would be."""
     if "messages" in body:
-        add_prompt = optional(body, "add_generation_prompt", bool, default=True)
-        return render_chat(parse_messages(body["messages"]), add_prompt)
+        messages = parse_messages(body["messages"])
+        return chat_prompt(body, messages, echo_prefill=echo_prefill).text
     return parse_prompt(body.get("prompt"))
 
 
@@ -105,7 +122,7 @@ def _content(content: object, param: str) -> str:
 
 
 def _completion(
-    body: dict[str, Any], prompt: str, default_max_tokens: int, *, chat: bool
+    body: dict[str, Any], prompt: str, default_max_tokens: int, *, chat: bool, echo: str = ""
 ) -> CompletionRequest:
     max_tokens = _max_tokens(body)
     stream = optional(body, "stream", bool, default=False)
@@ -114,10 +131,11 @@ def _completion(
     return CompletionRequest(
         chat=chat,
         prompt=prompt,
-        max_tokens=max_tokens or default_max_tokens,
+        max_tokens=default_max_tokens if max_tokens is None else max_tokens,
         explicit_max_tokens=max_tokens is not None,
         stream=stream,
         include_usage=stream and include_usage,
+        echo=echo,
     )
 
 
