@@ -32,6 +32,8 @@ _HELP = {
     "stall_seconds": "wall-clock wait before the first response byte",
     "drop_after_chunks": "abort the connection after this many token chunks (0: never)",
     "seed": "seed of generated text and of error draws",
+    "echo_prefill": "behave like llama.cpp's server: continue a chat's final assistant message "
+    "without continue_final_message and start the reply with that message's text",
 }
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from router.sim.appkeys import ENGINE
 from router.sim.engine import Job, SimEngine
 from router.sim.openai import SSE_DONE, Envelope
+from router.sim.options import SimOptions
 from router.sim.request import (
     CompletionRequest,
     InvalidRequest,
@@ -21,23 +22,31 @@ from router.sim.request import (
 )
 from router.sim.responses import error_response, json_bytes_response
 
-_Parser = Callable[[dict[str, Any], int], CompletionRequest]
+_Parser = Callable[[dict[str, Any], SimOptions], CompletionRequest]
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _complete(request, parse_chat)
+    return await _complete(request, _parse_chat)
 
 
 async def text_completions(request: web.Request) -> web.StreamResponse:
-    return await _complete(request, parse_completion)
+    return await _complete(request, _parse_text)
+
+
+def _parse_chat(body: dict[str, Any], opts: SimOptions) -> CompletionRequest:
+    return parse_chat(body, opts.default_max_tokens, echo_prefill=opts.echo_prefill)
+
+
+def _parse_text(body: dict[str, Any], opts: SimOptions) -> CompletionRequest:
+    return parse_completion(body, opts.default_max_tokens)
 
 
 async def _complete(request: web.Request, parse: _Parser) -> web.StreamResponse:
     """Counts a client that goes away at any point (stall, prefill, decode) as cancelled."""
     engine = request.app[ENGINE]
     try:
-        completion = parse(decode_json(await request.read()), engine.opts.default_max_tokens)
+        completion = parse(decode_json(await request.read()), engine.opts)
     except InvalidRequest as exc:
         return error_response(400, str(exc), exc.param)
     engine.counters.requests += 1
@@ -79,7 +88,10 @@ async def _serve(
 
 
 class _Stream:
-    """One SSE reply: a chunk per output token, the finish chunk, usage, `[DONE]`."""
+    """One SSE reply: a chunk per output token, the finish chunk, usage, `[DONE]`. The first
+    chat chunk names the role along with the first token; when the reply echoes text (llama.cpp
+    mode) or has no token at all, a chunk of its own opens the stream with the role and the
+    echoed text (or "") before the token chunks."""
 
     def __init__(
         self, engine: SimEngine, job: Job, envelope: Envelope, finish: str, include_usage: bool
@@ -92,8 +104,8 @@ class _Stream:
 
     async def send(self, request: web.Request, drop_after_chunks: int) -> web.StreamResponse:
         """Writes every chunk as soon as it is produced. With `drop_after_chunks` > 0 the
-        connection is aborted after that many token chunks; the cache keeps nothing
-        unless the client received the whole reply."""
+        connection is aborted after that many token chunks (an opening chunk of echoed text
+        does not count); the cache keeps nothing unless the client received the whole reply."""
         response = web.StreamResponse(headers=_SSE_HEADERS)
         try:
             await response.prepare(request)
@@ -110,10 +122,14 @@ class _Stream:
 
     async def _write_tokens(self, response: web.StreamResponse, drop_after_chunks: int) -> bool:
         """False when the stream must break here."""
-        engine, envelope, usage = self._engine, self._envelope, self._include_usage
-        for index, piece in enumerate(self._job.reply.pieces):
-            await engine.decode_step(self._job)
-            await response.write(envelope.token_chunk(index, piece, usage))
+        engine, envelope, usage, job = self._engine, self._envelope, self._include_usage, self._job
+        opened = envelope.chat and bool(job.echo or not job.reply.pieces)
+        if opened:
+            await response.write(envelope.content_chunk(job.echo, usage, opening=True))
+        for index, piece in enumerate(job.reply.pieces):
+            await engine.decode_step(job)
+            opening = index == 0 and not opened
+            await response.write(envelope.content_chunk(piece, usage, opening=opening))
             if index + 1 == drop_after_chunks:
                 return False
         return True

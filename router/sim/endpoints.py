@@ -38,9 +38,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def tokenize_prompt(request: web.Request) -> web.Response:
-    """Like vLLM's `/tokenize`: a `prompt` string or chat `messages`."""
+    """Like vLLM's `/tokenize`: a `prompt` string or chat `messages`, rendered as this worker
+    renders them for a completion."""
+    echo_prefill = request.app[ENGINE].opts.echo_prefill
     try:
-        text = parse_tokenize(decode_json(await request.read()))
+        text = parse_tokenize(decode_json(await request.read()), echo_prefill=echo_prefill)
     except InvalidRequest as exc:
         return error_response(400, str(exc), exc.param)
     ids = tokenize(text)

@@ -43,8 +43,9 @@ class Counters:
 
 @dataclass(frozen=True)
 class Job:
-    """One admitted request: its prompt, its cache hit, the reply it will produce and the KV
-    blocks it holds while it runs."""
+    """One admitted request: its prompt, its cache hit, the reply it will produce (its new
+    tokens), the KV blocks it holds while it runs, and the text its content starts with before
+    the reply (llama.cpp's echo of a continued assistant message)."""
 
     prompt_ids: Sequence[int]
     prompt_hashes: Sequence[int]
@@ -52,6 +53,7 @@ class Job:
     reply: Reply
     chat: bool
     blocks: BlockHold
+    echo: str = ""
 
     @property
     def prompt_tokens(self) -> int:
@@ -141,7 +143,7 @@ class SimEngine:
         counters.prompt_tokens += len(prompt_ids)
         counters.cached_tokens += cached
         blocks = self.live_blocks.hold(hashes, len(prompt_ids))
-        return Job(prompt_ids, hashes, cached, reply, request.chat, blocks)
+        return Job(prompt_ids, hashes, cached, reply, request.chat, blocks, request.echo)
 
     async def prefill(self, job: Job) -> None:
         """Wait for the shared prefill resource (FIFO), then compute the uncached tokens."""

@@ -47,7 +47,8 @@ class Envelope:
     chat: bool
 
     def completion(self, job: Job, finish_reason: str) -> bytes:
-        text = job.reply.text
+        """The whole reply; a chat message's content is the echoed text, then the reply."""
+        text = job.echo + job.reply.text
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}}
         else:
@@ -57,11 +58,12 @@ class Envelope:
         kind = "chat.completion" if self.chat else "text_completion"
         return orjson.dumps({**self._head(kind), "choices": [choice], "usage": usage(job)})
 
-    def token_chunk(self, index: int, piece: str, include_usage: bool) -> bytes:
-        """The chunk carrying output token `index`; the first chat chunk names the role."""
+    def content_chunk(self, piece: str, include_usage: bool, *, opening: bool) -> bytes:
+        """A chunk carrying `piece`, one output token or echoed text; the opening chat chunk
+        also names the role."""
         if not self.chat:
             return self._chunk({"index": 0, "text": piece, "logprobs": None}, None, include_usage)
-        delta = {"role": "assistant", "content": piece} if index == 0 else {"content": piece}
+        delta = {"role": "assistant", "content": piece} if opening else {"content": piece}
         return self._chunk({"index": 0, "delta": delta, "logprobs": None}, None, include_usage)
 
     def final_chunk(self, finish_reason: str, include_usage: bool) -> bytes:

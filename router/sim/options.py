@@ -9,7 +9,9 @@ from router.sim.faults import Faults
 
 @dataclass(frozen=True)
 class SimOptions:
-    """Everything that shapes a simulated worker; validated on construction."""
+    """Everything that shapes a simulated worker; validated on construction. `echo_prefill`
+    makes chat behave like llama.cpp's server: a final assistant message is continued without
+    parameters and its text echoed at the start of the reply (see `router.sim.chat`)."""
 
     name: str = "sim"
     model: str = "sim-model"
@@ -27,6 +29,7 @@ class SimOptions:
     stall_seconds: float = 0.0
     drop_after_chunks: int = 0
     seed: int = 0
+    echo_prefill: bool = False
 
     def __post_init__(self) -> None:
         checks = {

@@ -8,20 +8,27 @@ from typing import Any
 
 import orjson
 
-from router.sim.template import render_chat
+from router.sim.chat import chat_prompt
+from router.sim.tokens import tokenize
+from router.sim.validation import InvalidRequest, optional
 
-
-class InvalidRequest(ValueError):
-    """The client sent something the API does not accept (HTTP 400)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+__all__ = [
+    "CompletionRequest",
+    "InvalidRequest",
+    "decode_json",
+    "parse_chat",
+    "parse_completion",
+    "parse_messages",
+    "parse_prompt",
+    "parse_tokenize",
+]
 
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """What the simulator needs from a chat or text completion request."""
+    """What the simulator needs from a chat or text completion request. `max_tokens` is the
+    number of new tokens to produce; `echo` is text the reply's content starts with before
+    them (llama.cpp's echo of a continued assistant message)."""
 
     chat: bool
     prompt: str
@@ -29,6 +36,7 @@ class CompletionRequest:
     explicit_max_tokens: bool
     stream: bool
     include_usage: bool
+    echo: str = ""
 
 
 def decode_json(raw: bytes) -> dict[str, Any]:
@@ -42,20 +50,33 @@ def decode_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def parse_chat(body: dict[str, Any], default_max_tokens: int) -> CompletionRequest:
-    prompt = render_chat(parse_messages(body.get("messages")))
-    return _completion(body, prompt, default_max_tokens, chat=True)
+def parse_chat(
+    body: dict[str, Any], default_max_tokens: int, *, echo_prefill: bool = False
+) -> CompletionRequest:
+    """A chat request (see `router.sim.chat` for continuations). Without an explicit
+    `max_tokens`, a continued assistant message counts toward `default_max_tokens`: the reply
+    stops where the undisturbed one would have, so a message of k tokens gets
+    `default_max_tokens - k` new ones, none when k reaches the default."""
+    prompt = chat_prompt(body, parse_messages(body.get("messages")), echo_prefill=echo_prefill)
+    default = max(default_max_tokens - len(tokenize(prompt.prefill)), 0)
+    echo = prompt.prefill if prompt.echo else ""
+    return _completion(body, prompt.text, default, chat=True, echo=echo)
 
 
 def parse_completion(body: dict[str, Any], default_max_tokens: int) -> CompletionRequest:
+    """A text completion request. A continuation is the prompt with the text already produced
+    appended; the sim cannot tell that text from the prompt, so without an explicit
+    `max_tokens` a continuation gets `default_max_tokens` new tokens, not the rest of the
+    default length (send `max_tokens` to continue exactly)."""
     return _completion(body, parse_prompt(body.get("prompt")), default_max_tokens, chat=False)
 
 
-def parse_tokenize(body: dict[str, Any]) -> str:
-    """The text `/tokenize` should count: a raw prompt or a rendered conversation."""
+def parse_tokenize(body: dict[str, Any], *, echo_prefill: bool = False) -> str:
+    """The text `/tokenize` should count: a raw prompt, or a conversation rendered as a chat
+    request with the same `add_generation_prompt`/`continue_final_message` would be."""
     if "messages" in body:
-        add_prompt = _optional(body, "add_generation_prompt", bool, default=True)
-        return render_chat(parse_messages(body["messages"]), add_prompt)
+        messages = parse_messages(body["messages"])
+        return chat_prompt(body, messages, echo_prefill=echo_prefill).text
     return parse_prompt(body.get("prompt"))
 
 
@@ -101,19 +122,20 @@ def _content(content: object, param: str) -> str:
 
 
 def _completion(
-    body: dict[str, Any], prompt: str, default_max_tokens: int, *, chat: bool
+    body: dict[str, Any], prompt: str, default_max_tokens: int, *, chat: bool, echo: str = ""
 ) -> CompletionRequest:
     max_tokens = _max_tokens(body)
-    stream = _optional(body, "stream", bool, default=False)
-    options = _optional(body, "stream_options", dict, default={})
-    include_usage = _optional(options, "include_usage", bool, default=False)
+    stream = optional(body, "stream", bool, default=False)
+    options = optional(body, "stream_options", dict, default={})
+    include_usage = optional(options, "include_usage", bool, default=False)
     return CompletionRequest(
         chat=chat,
         prompt=prompt,
-        max_tokens=max_tokens or default_max_tokens,
+        max_tokens=default_max_tokens if max_tokens is None else max_tokens,
         explicit_max_tokens=max_tokens is not None,
         stream=stream,
         include_usage=stream and include_usage,
+        echo=echo,
     )
 
 
@@ -124,13 +146,4 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidRequest(f"'{key}' must be a positive integer", key)
-    return value
-
-
-def _optional(body: dict[str, Any], key: str, kind: type, *, default: Any) -> Any:
-    value = body.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, kind):
-        raise InvalidRequest(f"'{key}' must be of type {kind.__name__}", key)
     return value

@@ -161,6 +161,23 @@ async def test_second_turn_reports_the_earlier_conversation_as_cached(start_sim,
     assert cached > first["usage"]["total_tokens"] - 16
 
 
+async def test_same_seed_gives_the_same_replies_in_another_process(start_sim, client):
+    """Each process gets its own random string-hash salt; replies must not depend on it."""
+    same = [start_sim("--time-scale", "0", "--seed", "3") for _ in range(2)]
+    other = start_sim("--time-scale", "0", "--seed", "4")
+    chat = {"messages": [SYSTEM, QUESTION], "max_tokens": 12}
+    text = {"prompt": "Once upon a time", "max_tokens": 12}
+
+    async def replies(base: str) -> tuple[str, str]:
+        _, answer, _ = await post_json(client, f"{base}/v1/chat/completions", chat)
+        _, completion, _ = await post_json(client, f"{base}/v1/completions", text)
+        return answer["choices"][0]["message"]["content"], completion["choices"][0]["text"]
+
+    first, second, third = [await replies(base) for base in (*same, other)]
+    assert first == second
+    assert first[0] != third[0] and first[1] != third[1]
+
+
 async def test_stream_delivers_chunks_as_they_are_generated(start_sim, client):
     base = start_sim("--decode-ms-per-token", "50")
     body = {"messages": [QUESTION], "max_tokens": 10, "stream": True}

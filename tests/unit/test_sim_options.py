@@ -26,7 +26,7 @@ def test_every_field_has_a_dashed_flag():
         "--decode-batch-penalty", "0.1", "--default-max-tokens", "4", "--max-running", "3",
         "--time-scale", "0",
         "--fail-health", "--error-rate", "0.5", "--error-status", "503",
-        "--stall-seconds", "1.5", "--drop-after-chunks", "2", "--seed", "9",
+        "--stall-seconds", "1.5", "--drop-after-chunks", "2", "--seed", "9", "--echo-prefill",
         "--port", "9001", "--host", "0.0.0.0",
     )  # fmt: skip
     opts = sim_options_from_args(ns)
@@ -34,7 +34,7 @@ def test_every_field_has_a_dashed_flag():
         name="w3", model="m", block_size=8, cache_tokens=64, prefill_ms_per_token=0.2,
         decode_ms_per_token=5.0, decode_batch_penalty=0.1, default_max_tokens=4,
         max_running=3, time_scale=0.0, fail_health=True, error_rate=0.5, error_status=503,
-        stall_seconds=1.5, drop_after_chunks=2, seed=9,
+        stall_seconds=1.5, drop_after_chunks=2, seed=9, echo_prefill=True,
     )  # fmt: skip
     assert (ns.host, ns.port) == ("0.0.0.0", 9001)
     assert opts.cache_capacity_blocks == 8
