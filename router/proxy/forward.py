@@ -39,9 +39,12 @@ from router.proxy.resume import (
     ECHO_ENGINES,
     RESUMING_ENGINES,
     Refused,
+    Relayed,
     Stitcher,
     check,
     continuation_body,
+    finish_tail,
+    limit_reached,
     path_kind,
     read_relayed,
 )
@@ -221,6 +224,10 @@ class StreamResumer:
             if relayed.finished:  # all but the end came: end it
                 counted.labels("completed", failure.kind).inc()
                 return b"data: [DONE]\n\n"
+            check(self._document, relayed)
+            if limit_reached(self._document, relayed):  # cut after its last token
+                counted.labels("completed", failure.kind).inc()
+                return finish_tail(relayed)
             if len(self._failed) > settings.mid_stream_max:
                 raise Refused("too_many")
             if asyncio.get_running_loop().time() >= self._deadline:
@@ -245,7 +252,7 @@ class StreamResumer:
             opened.decision, opened.response, opened.lease, Stitcher(relayed, echo=echo)
         )
 
-    def _relayed(self, transcript: Transcript) -> Any:
+    def _relayed(self, transcript: Transcript) -> Relayed:
         if transcript.unresumable is not None:
             raise Refused(transcript.unresumable)
         chat = path_kind(self._out.path_qs)
@@ -257,10 +264,9 @@ class StreamResumer:
                 self._document = orjson.loads(self._out.body)
             except orjson.JSONDecodeError:
                 raise Refused("request") from None
-        check(self._document, relayed)
         return relayed
 
-    async def _open(self, relayed: Any) -> Opened:
+    async def _open(self, relayed: Relayed) -> Opened:
         """The continuation's head from the next worker that can continue it."""
         forwarder, document = self._forwarder, self._document
         unable = [w.name for w in forwarder._pool if w.engine not in RESUMING_ENGINES]

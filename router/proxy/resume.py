@@ -204,6 +204,36 @@ def continuation_body(document: dict[str, Any], relayed: Relayed, engine: str) -
     return orjson.dumps(body)
 
 
+def limit_reached(document: dict[str, Any], relayed: Relayed) -> bool:
+    """Whether the tokens counted as relayed already reach the request's token limit."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        limit = document.get(key)
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            return relayed.tokens >= limit
+    return False
+
+
+def finish_tail(relayed: Relayed) -> bytes:
+    """The end of an answer cut just after its last token: the finish chunk (`length`: the
+    limit was reached) in the first stream's identity, then `[DONE]`."""
+    choice: dict[str, Any] = {"index": relayed.index}
+    if relayed.chat:
+        choice["delta"] = {}
+    else:
+        choice["text"] = ""
+    choice["finish_reason"] = "length"
+    document: dict[str, Any] = {
+        "id": relayed.id,
+        "object": "chat.completion.chunk" if relayed.chat else "text_completion",
+        "created": relayed.created,
+        "model": relayed.model,
+        "choices": [choice],
+    }
+    if relayed.fingerprint is not _ABSENT:
+        document["system_fingerprint"] = relayed.fingerprint
+    return b"data: " + orjson.dumps(document) + b"\n\ndata: [DONE]\n\n"
+
+
 class Stitcher:
     """Rewrites a continuation's events into the first stream's (see the module docstring);
     `echo`: the worker starts its reply with the relayed text, which is removed."""
