@@ -95,6 +95,9 @@ class FaultyWorker:
             return True
         elif fault == "reset_mid_stream":
             writer.write(sse_head + chunk)
+        elif fault == "chunked_broken":  # a JSON body of unknown length that stops short
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            writer.write(head + b"Transfer-Encoding: chunked\r\n\r\n10\r\n{\"choices\": [   \r\n")
         await writer.drain()
         return False
 
