@@ -27,7 +27,7 @@ bench-history: $(STAMP)  ## history read + prompt rebuild latency and client egr
 bench-routing: $(STAMP)  ## policies in three load regimes vs the oracle and the targets (3 seeded runs, < 20 min; QUICK=1: 1 run, < 3 min)
 	$(PY) -m loadtests.compare_policies $(if $(QUICK),--quick)
 
-bench-failover: $(STAMP)  ## one worker killed and restarted mid-run, per return-home option (~3 min)
+bench-failover: $(STAMP)  ## one worker killed and restarted mid-run, per return-home option: errors, cut and resumed streams, resume pauses vs a control burst (~4 min; QUICK=1: ~1.5 min)
 	$(PY) -m loadtests.failover $(if $(QUICK),--quick)
 
 bench-decision: $(STAMP)  ## placement decision cost with 64 workers (p50/p99)

@@ -5,6 +5,10 @@ streaming chat completion, reads the reply chunk by chunk (noting the first toke
 reply to the history and thinks before the next turn, or waits for the turn's scheduled time
 (`TurnPlan.at`). Think and scheduled times are in simulated seconds and are scaled by the
 workers' clock so the whole run keeps the shape of real time.
+
+While it plays, `Player.in_flight` shows the requests under way as the client sees them so far
+(the worker that started each, the text received); a player given `watch` keeps, on the
+records it picks, the arrival time of every event of the stream (see `Record.events`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -39,6 +43,8 @@ class Record:
     prompt_tokens: int
     cached_tokens: int
     error: str = ""
+    # When the response head came, then when each SSE event did (kept when watched).
+    events: tuple[float, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -52,6 +58,23 @@ class Record:
 def _scheduled(sessions: Sequence[SessionPlan]) -> bool:
     """Whether this user's first turn has a scheduled time (then it needs no random start)."""
     return bool(sessions and sessions[0].turns and sessions[0].turns[0].at is not None)
+
+
+@dataclass(slots=True, eq=False)
+class Stream:
+    """A request under way, as its client has it so far; times as in `Record`."""
+
+    session: str
+    messages: list[tuple[str, str]]
+    started: float
+    worker: str = ""  # from the response head, once it came
+    pieces: list[str] = field(default_factory=list)
+    events: list[float] = field(default_factory=list)  # the head's, then (watched) each event's
+    ended: float | None = None
+
+    @property
+    def received(self) -> str:
+        return "".join(self.pieces)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +97,26 @@ class Player:
         send_session_id: bool = True,
         request_timeout: float = 120.0,
         on_record: Callable[[Record], None] | None = None,
+        watch: Callable[[float, float], bool] | None = None,
     ) -> None:
+        """`watch(started, ended)`, asked when a request ends, says whether its record keeps
+        its events' arrival times; without it no record does."""
         self._url = url + "/v1/chat/completions"
         self._scale = time_scale
         self._send_session_id = send_session_id
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=5)
         self._on_record = on_record
+        self._watch = watch
         self._t0 = 0.0
+        self._open: set[Stream] = set()
         self.records: list[Record] = []
 
     def now(self) -> float:
         return time.perf_counter() - self._t0
+
+    def in_flight(self) -> list[Stream]:
+        """The requests sent and not yet ended (live objects: they keep filling)."""
+        return list(self._open)
 
     async def run(self, users: Sequence[Sequence[SessionPlan]], seed: int = 0) -> float:
         """Play every user to the end; returns the wall-clock seconds it took."""
@@ -149,31 +181,40 @@ class Player:
         headers = {"content-type": "application/json"}
         if self._send_session_id:
             headers["x-session-id"] = session
-        started = self.now()
-        status, worker, route, rehomed = 0, "", "", ""
+        stream = Stream(session, messages, self.now())
+        self._open.add(stream)
+        status, route, rehomed = 0, "", ""
         try:
             async with http.post(self._url, data=body, headers=headers) as resp:
                 status = resp.status
-                worker = resp.headers.get("x-kvrouter-worker", "")
+                stream.worker = resp.headers.get("x-kvrouter-worker", "")
+                stream.events.append(self.now())
                 route = resp.headers.get("x-kvrouter-route", "")
                 rehomed = resp.headers.get("x-kvrouter-rehomed", "")
                 if status != 200:
                     reply = _Reply("", None, 0, 0, (await resp.text())[:200])
                 else:
-                    reply = await self._read_stream(resp)
+                    reply = await self._read_stream(resp, stream)
         except (aiohttp.ClientError, TimeoutError) as err:
             reply = _Reply("", None, 0, 0, repr(err)[:200])
+        finally:
+            self._open.discard(stream)
+            stream.ended = ended = self.now()
+        watch = self._watch
+        events = tuple(stream.events) if watch is not None and watch(stream.started, ended) else ()
         record = Record(
-            user, session, number, started, reply.first_token, self.now(), status, worker, route,
-            rehomed, reply.prompt_tokens, reply.cached_tokens, reply.error,
+            user, session, number, stream.started, reply.first_token, ended, status,
+            stream.worker, route, rehomed, reply.prompt_tokens, reply.cached_tokens, reply.error,
+            events,
         )  # fmt: skip
         self.records.append(record)
         if self._on_record is not None:
             self._on_record(record)
         return reply.text if record.ok else None
 
-    async def _read_stream(self, resp: aiohttp.ClientResponse) -> _Reply:
-        pieces: list[str] = []
+    async def _read_stream(self, resp: aiohttp.ClientResponse, stream: Stream) -> _Reply:
+        pieces = stream.pieces
+        events = stream.events if self._watch is not None else None
         first: float | None = None
         usage: dict[str, Any] = {}
         done = False
@@ -183,6 +224,8 @@ class Player:
                 error = "stream ended with an error event"
             if not line.startswith(b"data: "):
                 continue
+            if events is not None:
+                events.append(self.now())
             data = line[6:].strip()
             if data == b"[DONE]":
                 done = True
