@@ -477,12 +477,21 @@ class SummarySettings(BaseModel):
     )
 
 
+HistoryAccess = Literal["off", "open", "keys"]
+
+
 class HistorySettings(BaseModel):
     """The orchestrator mode: the router keeps the conversation and rebuilds the prompt."""
 
     model_config = _STRICT
     enabled: bool = Field(
         default=True, description="false: no orchestrator mode and no sessions API"
+    )
+    access: HistoryAccess = Field(
+        default="keys",
+        description="who may use stored history (the sessions API, orchestrator requests): "
+        "off = nobody; open = anyone, tenant from the tenant header (trusted networks only); "
+        "keys = requests with an API key from auth.keys, tenant from the key",
     )
     header: str = "x-kvrouter-history"
     server_routes: tuple[str, ...] = Field(

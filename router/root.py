@@ -24,6 +24,7 @@ from router.fleet.passive import FailureCounts, PassiveHealth
 from router.fleet.workers import Worker, WorkerPool
 from router.http.auth import Authenticator
 from router.metrics import Metrics
+from router.orchestrator.access import open_warning
 from router.orchestrator.persist import Persister
 from router.orchestrator.summary import Summarizer
 from router.orchestrator.tokenizer import ConfiguredTokenizer
@@ -125,6 +126,7 @@ class Router:
     async def start(self) -> None:
         """Bring the background pieces up, in order: the static list is in the pool from the
         start; other sources fill it as soon as they have a list."""
+        self._warn_if_history_is_open()
         self.membership.run(build_source(self.settings))
         self.drains.start()
         self.checker.start()
@@ -173,3 +175,17 @@ class Router:
         self.tokenizer.reconfigure(settings.history.tokenizer)
         self.summarizer.reconfigure(settings.history.summary)
         self.orchestrator.reconfigure(settings.history)
+        if _history_exposure(settings) != _history_exposure(old):
+            self._warn_if_history_is_open()
+
+    def _warn_if_history_is_open(self) -> None:
+        """`history.access: open` without API keys hands every stored conversation to whoever
+        asks: say so (with keys configured every request carries one, and its tenant)."""
+        enabled, access, keys, tenant_header = _history_exposure(self.settings)
+        if enabled and access == "open" and not keys:
+            log.warning(open_warning(tenant_header))
+
+
+def _history_exposure(settings: Settings) -> tuple[bool, str, bool, str | None]:
+    history = settings.history
+    return history.enabled, history.access, settings.auth.enabled, settings.session.tenant_header

@@ -20,6 +20,7 @@ from router.tooling.launch import free_port
 from tests.conftest import healthy, serving
 
 SERVER = {"x-kvrouter-history": "server"}
+OPEN = {"access": "open"}  # stored history open to every client, as on a trusted network
 ADMIN = {"Authorization": "Bearer admin-secret-0123456789"}
 
 
@@ -92,6 +93,7 @@ async def chat(http, url: str, text: str, headers: dict[str, str] | None = None)
 
 async def test_summaries_and_tokenizer_calls_hold_a_worker_lease(upstream, http):
     history = {
+        **OPEN,
         "max_prompt_tokens": 40,
         "tokenizer": {"kind": "worker"},
         "summary": {"enabled": True},
@@ -115,7 +117,7 @@ async def test_summaries_and_tokenizer_calls_hold_a_worker_lease(upstream, http)
 
 
 async def test_a_router_serving_no_orchestrator_request_loads_no_tokenizer(upstream, http):
-    async with router(upstream.url) as (url, root):
+    async with router(upstream.url, history=OPEN) as (url, root):
         upstream.root = root
         assert await chat(http, url, "hello", {"x-session-id": "s1"}) == 200
         assert not root.tokenizer.loaded, "a stateless request loaded the tokenizer"
@@ -140,7 +142,7 @@ async def test_the_admin_preview_honours_pins_disabled(upstream, http):
 
 
 async def test_new_settings_reach_the_running_router(upstream, http):
-    async with router(upstream.url) as (url, root):
+    async with router(upstream.url, history=OPEN) as (url, root):
         upstream.root = root
         assert await chat(http, url, "hi", {**SERVER, "x-session-id": "s1"}) == 200
         raw = root.settings.model_dump(mode="json")
