@@ -403,10 +403,23 @@ class MetricsSettings(BaseModel):
 
 
 class AdminSettings(BaseModel):
-    """The operator API under /admin/ is off unless a token is set."""
+    """The operator API under /admin/ is off unless a token is set. It is served on a listener
+    of its own, `listen` (loopback by default), never on the public one."""
 
     model_config = _STRICT
     token: str | None = Field(default=None, min_length=16)
+    listen: ListenAddress = Field(
+        default="127.0.0.1:8081",
+        description="HOST:PORT of the admin API, opened at start only when a token is set",
+    )
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
 
 
 class StoreSettings(BaseModel):
@@ -595,6 +608,15 @@ class Settings(BaseModel):
             raise ValueError(
                 f"{', '.join(users)}: engine custom needs custom_metrics naming the family "
                 "for running or waiting (or both)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _admin_listens_apart(self) -> Settings:
+        if self.admin.token and self.admin.listen == self.listen:
+            raise ValueError(
+                f"admin.listen: {self.admin.listen} is also `listen`; the admin API needs an "
+                "address of its own (it is never served on the public listener)"
             )
         return self
 

@@ -18,6 +18,7 @@ import yaml
 from router.config import load_settings
 from router.reload import Reloader
 from router.root import Router
+from router.tooling.fleet import admin_url
 from tests.conftest import chat_body, counted
 
 TOKEN = "r" * 24
@@ -67,13 +68,13 @@ class SteadyLoad:
         await asyncio.gather(*self._tasks)
 
 
-async def workers(http: Any, url: str) -> dict[str, dict[str, Any]]:
-    async with http.get(url + "/admin/workers", headers=AUTH) as resp:
+async def workers(http: Any, admin: str) -> dict[str, dict[str, Any]]:
+    async with http.get(admin + "/admin/workers", headers=AUTH) as resp:
         return {w["name"]: w for w in (await resp.json())["workers"]}
 
 
-async def home_of(http: Any, url: str, session: str) -> str:
-    async with http.get(url + f"/admin/sessions/{session}", headers=AUTH) as resp:
+async def home_of(http: Any, admin: str, session: str) -> str:
+    async with http.get(admin + f"/admin/sessions/{session}", headers=AUTH) as resp:
         return (await resp.json())["home"]
 
 
@@ -96,6 +97,7 @@ async def test_a_reload_under_load_refuses_a_bad_file_then_drains_a_removed_work
         drain={"idle": 1.5, "timeout": 60, "check_interval": 0.1},
     )
     url, proc = router_process(config)
+    admin = admin_url(config)
     path = tmp_path / f"router-{url.rpartition(':')[2]}.yaml"
     assert yaml.safe_load(path.read_text())["listen"] == config["listen"]
     sessions = [f"chat-{i}" for i in range(24)]
@@ -111,7 +113,7 @@ async def test_a_reload_under_load_refuses_a_bad_file_then_drains_a_removed_work
         broken["routing"]["policy"] = "fastest"
         path.write_text(yaml.safe_dump(broken))
         await reload(proc, http, url, "invalid", 0)
-        listed = await workers(http, url)
+        listed = await workers(http, admin)
         assert sorted(listed) == ["sim-0", "sim-1", "sim-2"]
         assert all(w["state"] == "healthy" for w in listed.values())
 
@@ -121,7 +123,7 @@ async def test_a_reload_under_load_refuses_a_bad_file_then_drains_a_removed_work
         valid["listen"] = "127.0.0.1:1"  # needs a restart: logged, kept
         path.write_text(yaml.safe_dump(valid))
         await reload(proc, http, url, "applied", 0)
-        listed = await workers(http, url)
+        listed = await workers(http, admin)
         assert listed["sim-0"]["weight"] == 2.0
         assert listed["sim-2"]["state"] == "draining"
         assert listed["sim-2"]["drain"] == {
@@ -134,7 +136,7 @@ async def test_a_reload_under_load_refuses_a_bad_file_then_drains_a_removed_work
         for session in on_sim2:
             assert await load.turn(session) == "sim-2"
         candidates = [f"new-{i}" for i in range(60)]
-        newcomers = [s for s in candidates if await home_of(http, url, s) == "sim-2"]
+        newcomers = [s for s in candidates if await home_of(http, admin, s) == "sim-2"]
         assert newcomers
         for session in newcomers[:5]:
             assert await load.turn(session) in ("sim-0", "sim-1")
@@ -142,10 +144,10 @@ async def test_a_reload_under_load_refuses_a_bad_file_then_drains_a_removed_work
         # The sessions on sim-2 go quiet: after drain.idle the drain ends and sim-2 leaves.
         load.active -= set(on_sim2)
         for _ in range(100):
-            if "sim-2" not in await workers(http, url):
+            if "sim-2" not in await workers(http, admin):
                 break
             await asyncio.sleep(0.1)
-        assert "sim-2" not in await workers(http, url)
+        assert "sim-2" not in await workers(http, admin)
         for session in on_sim2:
             assert await load.turn(session) in ("sim-0", "sim-1")
         await asyncio.sleep(0.3)
