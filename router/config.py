@@ -395,6 +395,24 @@ class LimitSettings(BaseModel):
 class ProxySettings(BaseModel):
     model_config = _STRICT
     prefixes: tuple[str, ...] = ("/v1/",)
+    trusted_proxies: tuple[str, ...] = Field(
+        default=(),
+        description="CIDRs of proxies in front of the router whose X-Forwarded-*, Forwarded "
+        "and X-Real-IP headers are kept; from any other peer they are replaced",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip())
+            except ValueError as err:
+                raise ValueError(
+                    f"{entry!r} is not an address or network (10.0.0.0/8, 192.0.2.7, fd00::/8): "
+                    f"{err}"
+                ) from None
+        return tuple(entry.strip() for entry in value)
 
 
 class MetricsSettings(BaseModel):

@@ -33,6 +33,7 @@ from router.placement.calls import WorkerCalls
 from router.placement.place import Balancer, Placement
 from router.placement.session import KeyExtractor
 from router.proxy.forward import Forwarder
+from router.proxy.headers import TrustedProxies
 from router.proxy.outcomes import Outcomes
 from router.proxy.relay import Relay
 from router.proxy.upstream import UpstreamClient
@@ -90,6 +91,7 @@ class Router:
         self.calls = WorkerCalls(self.placement, pool)
         self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
         self.authenticator = Authenticator(settings.auth)
+        self.trusted_proxies = TrustedProxies(settings.proxy.trusted_proxies)
         self.upstream = UpstreamClient(
             connect_timeout=settings.timeouts.connect,
             max_per_worker=settings.limits.max_connections_per_worker,
@@ -171,6 +173,7 @@ class Router:
         self.placement.reconfigure(settings.routing.pins, settings.drain)
         self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
         self.authenticator = Authenticator(settings.auth)
+        self.trusted_proxies = TrustedProxies(settings.proxy.trusted_proxies)
         self.forwarder.reconfigure(settings.retries, settings.timeouts)
         self.tokenizer.reconfigure(settings.history.tokenizer)
         self.summarizer.reconfigure(settings.history.summary)

@@ -76,7 +76,9 @@ async def chat_handler(request: web.Request) -> web.StreamResponse:
     request_id = request_id_of(request)
     view = RequestView(request.headers, request.query, body)
     key = root.extractor.extract(view, document, tenant=tenant)
-    headers = upstream_headers(request, request_id, drop_authorization=TENANT in request)
+    headers = upstream_headers(
+        request, request_id, trusted=root.trusted_proxies, drop_authorization=TENANT in request
+    )
     out = Outgoing(request.method, request.rel_url.raw_path_qs, headers, b"", request_id, key)
     return await root.orchestrator.handle(request, out, document)
 
