@@ -16,10 +16,15 @@ from typing import Any
 import yaml
 
 from router.config import load_settings
+from router.http.common import ROOT
 from router.reload import Reloader
 from router.root import Router
+from router.server import running
 from router.tooling.fleet import admin_url
+from router.tooling.launch import free_port
 from tests.conftest import chat_body, counted
+from tests.integration.test_orchestrator import SERVER
+from tests.integration.test_orchestrator import upstream as upstream  # the fixture
 
 TOKEN = "r" * 24
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -193,3 +198,50 @@ async def test_a_refused_reload_logs_one_line_naming_the_key_and_changes_nothing
         ]
     finally:
         await root.stop()
+
+
+async def test_a_reload_applies_history_access_and_trusted_proxies_to_the_next_request(
+    upstream, http, tmp_path: Path
+):
+    path = tmp_path / "router.yaml"
+    closed = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "workers": [{"url": upstream.url, "name": "up"}],
+        "history": {"access": "off"},
+    }
+    opened = {**closed, "history": {"access": "open"}, "proxy": {"trusted_proxies": ["127.0.0.1"]}}
+    path.write_text(yaml.safe_dump(closed))
+    settings = load_settings(path, env={})
+    forged = {"X-Forwarded-For": "203.0.113.66", "x-session-id": "s"}
+
+    async def turn(server: bool) -> int:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {**forged, **(SERVER if server else {})}
+        async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
+            await resp.read()
+            return resp.status
+
+    async def session_status() -> int:
+        async with http.get(url + "/v1/sessions/s") as resp:
+            return resp.status
+
+    def forwarded_for() -> str:
+        return {k.lower(): v for k, v in upstream.headers[-1].items()}["x-forwarded-for"]
+
+    async with running(settings, settings.host, settings.port) as runner:
+        url = f"http://{settings.listen}"
+        reloader = Reloader(runner.app[ROOT], path)
+        assert await turn(server=True) == 403 and await session_status() == 403
+        assert await turn(server=False) == 200 and forwarded_for() == "127.0.0.1"
+
+        path.write_text(yaml.safe_dump(opened))
+        found = reloader.reload()
+        assert found is not None and all(c.live for c in found)
+        assert {c.key for c in found} == {"history.access", "proxy.trusted_proxies"}
+        assert await turn(server=True) == 200 and forwarded_for() == "203.0.113.66, 127.0.0.1"
+        assert await session_status() == 200
+
+        path.write_text(yaml.safe_dump(closed))
+        assert reloader.reload() is not None
+        assert await turn(server=True) == 403 and await session_status() == 403
+        assert await turn(server=False) == 200 and forwarded_for() == "127.0.0.1"

@@ -93,13 +93,19 @@ def test_check_config_against_lists_changes(tmp_path: Path, capsys):
 TOKEN, OTHER = "a" * 24, "b" * 24
 
 
-def test_the_admin_listener_is_restart_and_history_access_is_live():
+def test_the_admin_listener_is_restart_history_access_and_trusted_proxies_are_live():
     old = settings(admin={"token": TOKEN})
-    new = settings(admin={"token": TOKEN, "listen": "127.0.0.1:9181"}, history={"access": "open"})
+    new = settings(
+        admin={"token": TOKEN, "listen": "127.0.0.1:9181"}, history={"access": "open"},
+        proxy={"trusted_proxies": ["10.0.0.0/8"]},
+    )  # fmt: skip
     found = {c.key: c.live for c in changes(old, new)}
-    assert found == {"admin.listen": False, "history.access": True}
+    assert found == {
+        "admin.listen": False, "history.access": True, "proxy.trusted_proxies": True,
+    }  # fmt: skip
     applied = effective(old, new)
     assert applied.admin.listen == old.admin.listen and applied.history.access == "open"
+    assert applied.proxy.trusted_proxies == ("10.0.0.0/8",)
 
 
 def test_a_first_admin_token_waits_for_a_restart_a_changed_or_removed_one_applies_live():
