@@ -89,7 +89,7 @@ class Router:
             drains=self.drains, drain=settings.drain,
         )  # fmt: skip
         self.calls = WorkerCalls(self.placement, pool)
-        self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
+        self.extractor = key_extractor(settings)
         self.authenticator = Authenticator(settings.auth)
         self.trusted_proxies = TrustedProxies(settings.proxy.trusted_proxies)
         self.upstream = UpstreamClient(
@@ -171,7 +171,7 @@ class Router:
         self.loads.reconfigure(settings.load, settings.routing.saturation)
         self.balancer.reconfigure(settings.routing)
         self.placement.reconfigure(settings.routing.pins, settings.drain)
-        self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
+        self.extractor = key_extractor(settings)
         self.authenticator = Authenticator(settings.auth)
         self.trusted_proxies = TrustedProxies(settings.proxy.trusted_proxies)
         self.forwarder.reconfigure(settings.retries, settings.timeouts)
@@ -187,6 +187,15 @@ class Router:
         enabled, access, keys, tenant_header = _history_exposure(self.settings)
         if enabled and access == "open" and not keys:
             log.warning(open_warning(tenant_header))
+
+
+def key_extractor(settings: Settings) -> KeyExtractor:
+    """The routing-key extractor. With `auth.keys` configured the tenant is the API key's only:
+    the extractor is not even told the tenant header, so no path can fall back to it."""
+    session = settings.session
+    if settings.auth.enabled and session.tenant_header is not None:
+        session = session.model_copy(update={"tenant_header": None})
+    return KeyExtractor(session, settings.routing.prefix)
 
 
 def _history_exposure(settings: Settings) -> tuple[bool, str, bool, str | None]:

@@ -6,7 +6,9 @@ import pytest
 
 from router.config import parse_settings
 from router.errors import HistoryAccessDenied, Unauthorized
+from router.http.auth import key_digest
 from router.orchestrator.access import history_tenant
+from router.root import key_extractor
 
 
 def tenant(access, authenticated=None, keys_configured=False, claimed="claimed"):
@@ -44,3 +46,11 @@ def test_open_takes_the_claimed_tenant_only_without_keys():
 def test_with_keys_configured_a_request_without_one_never_falls_back_to_a_header(access):
     with pytest.raises(Unauthorized):
         tenant(access, None, keys_configured=True)
+
+
+def test_with_api_keys_the_extractor_never_reads_the_tenant_header():
+    raw = {"workers": [{"url": "http://127.0.0.1:9"}], "session": {"tenant_header": "x-t"}}
+    assert key_extractor(parse_settings(raw, env={})).tenant({"x-t": "acme"}) == "acme"
+    keys = {"keys": [{"tenant": "globex", "sha256": key_digest("sk-globex")}]}
+    with_keys = parse_settings({**raw, "auth": keys}, env={})
+    assert key_extractor(with_keys).tenant({"x-t": "acme"}) == "default"
