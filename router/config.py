@@ -395,6 +395,24 @@ class LimitSettings(BaseModel):
 class ProxySettings(BaseModel):
     model_config = _STRICT
     prefixes: tuple[str, ...] = ("/v1/",)
+    trusted_proxies: tuple[str, ...] = Field(
+        default=(),
+        description="CIDRs of proxies in front of the router whose X-Forwarded-*, Forwarded "
+        "and X-Real-IP headers are kept; from any other peer they are replaced",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip())
+            except ValueError as err:
+                raise ValueError(
+                    f"{entry!r} is not an address or network (10.0.0.0/8, 192.0.2.7, fd00::/8): "
+                    f"{err}"
+                ) from None
+        return tuple(entry.strip() for entry in value)
 
 
 class MetricsSettings(BaseModel):
@@ -403,10 +421,23 @@ class MetricsSettings(BaseModel):
 
 
 class AdminSettings(BaseModel):
-    """The operator API under /admin/ is off unless a token is set."""
+    """The operator API under /admin/ is off unless a token is set. It is served on a listener
+    of its own, `listen` (loopback by default), never on the public one."""
 
     model_config = _STRICT
     token: str | None = Field(default=None, min_length=16)
+    listen: ListenAddress = Field(
+        default="127.0.0.1:8081",
+        description="HOST:PORT of the admin API, opened at start only when a token is set",
+    )
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
 
 
 class StoreSettings(BaseModel):
@@ -477,12 +508,21 @@ class SummarySettings(BaseModel):
     )
 
 
+HistoryAccess = Literal["off", "open", "keys"]
+
+
 class HistorySettings(BaseModel):
     """The orchestrator mode: the router keeps the conversation and rebuilds the prompt."""
 
     model_config = _STRICT
     enabled: bool = Field(
         default=True, description="false: no orchestrator mode and no sessions API"
+    )
+    access: HistoryAccess = Field(
+        default="keys",
+        description="who may use stored history (the sessions API, orchestrator requests): "
+        "off = nobody; open = anyone, tenant from the tenant header (trusted networks only); "
+        "keys = requests with an API key from auth.keys, tenant from the key",
     )
     header: str = "x-kvrouter-history"
     server_routes: tuple[str, ...] = Field(
@@ -586,6 +626,15 @@ class Settings(BaseModel):
             raise ValueError(
                 f"{', '.join(users)}: engine custom needs custom_metrics naming the family "
                 "for running or waiting (or both)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _admin_listens_apart(self) -> Settings:
+        if self.admin.token and self.admin.listen == self.listen:
+            raise ValueError(
+                f"admin.listen: {self.admin.listen} is also `listen`; the admin API needs an "
+                "address of its own (it is never served on the public listener)"
             )
         return self
 

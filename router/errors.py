@@ -97,3 +97,12 @@ class DegradedRefusal(NoHealthyWorker):
     """Most workers are down and `routing.degraded.action` is `refuse`."""
 
     code = "degraded_refused"
+
+
+class HistoryAccessDenied(RouterError):
+    """Server-kept history (the sessions API, orchestrator requests) is not open to this
+    request under `history.access`; the message names the setting."""
+
+    status = 403
+    error_type = "invalid_request_error"
+    code = "history_access_denied"

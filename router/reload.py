@@ -4,9 +4,11 @@ reload itself (on SIGHUP).
 Most of `router.yaml` applies to a running router without dropping a connection: workers and
 discovery (through the membership: new workers join with slow start, removed ones drain),
 weights, engines, the policy and its knobs, health, load, retries, timeouts, drain, session
-keys, auth keys, the admin token, history settings other than `history.enabled`. A few keys
-are fixed when the app, its sockets or its store are built (`RESTART_KEYS`); a reload logs
-each of them as needing a restart and keeps its running value.
+keys, auth keys, the admin token, history settings other than `history.enabled` (among them
+`history.access`), `proxy.trusted_proxies`. A few keys are fixed when the app, its sockets or
+its store are built (`RESTART_KEYS`); a reload logs each of them as needing a restart and
+keeps its running value. So is a first `admin.token` on a router started without one: the
+admin listener is opened at start only when a token is set.
 
 An invalid file changes nothing: the running configuration stays and one log line names
 what is wrong.
@@ -37,7 +39,14 @@ RESTART_KEYS: tuple[str, ...] = (
     "proxy.prefixes",  # the app's routes
     "history.enabled",  # the app's routes
     "shutdown_grace",  # the HTTP server's shutdown timeout
+    # access control
+    "admin.listen",  # the admin API's listening socket
 )
+
+
+def _opens_a_listener(key: str, old: Any, new: Any) -> bool:
+    """A first admin token: the admin listener it needs is opened at start only."""
+    return key == "admin.token" and old is None and new is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +58,8 @@ class Change:
     @property
     def live(self) -> bool:
         """Applied by a reload; False: takes effect at the next restart."""
+        if _opens_a_listener(self.key, self.old, self.new):
+            return False
         return not any(
             self.key == fixed or self.key.startswith(fixed + ".") for fixed in RESTART_KEYS
         )
@@ -114,9 +125,10 @@ def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
 def effective(old: Settings, new: Settings) -> Settings:
     """`new`, with every restart-only key kept at its running value."""
     merged = new.model_dump(mode="json")
+    wanted = dict(_leaves(merged))
     running = dict(_leaves(old.model_dump(mode="json")))
     for key, value in running.items():
-        if not Change(key, None, None).live:
+        if not Change(key, value, wanted.get(key)).live:
             _set_path(merged, key, value)
     return parse_settings(merged, "<reload>", env={})
 

@@ -24,6 +24,7 @@ from router.fleet.passive import FailureCounts, PassiveHealth
 from router.fleet.workers import Worker, WorkerPool
 from router.http.auth import Authenticator
 from router.metrics import Metrics
+from router.orchestrator.access import open_warning
 from router.orchestrator.persist import Persister
 from router.orchestrator.summary import Summarizer
 from router.orchestrator.tokenizer import ConfiguredTokenizer
@@ -32,6 +33,7 @@ from router.placement.calls import WorkerCalls
 from router.placement.place import Balancer, Placement
 from router.placement.session import KeyExtractor
 from router.proxy.forward import Forwarder
+from router.proxy.headers import TrustedProxies
 from router.proxy.outcomes import Outcomes
 from router.proxy.relay import Relay
 from router.proxy.upstream import UpstreamClient
@@ -87,8 +89,9 @@ class Router:
             drains=self.drains, drain=settings.drain,
         )  # fmt: skip
         self.calls = WorkerCalls(self.placement, pool)
-        self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
+        self.extractor = key_extractor(settings)
         self.authenticator = Authenticator(settings.auth)
+        self.trusted_proxies = TrustedProxies(settings.proxy.trusted_proxies)
         self.upstream = UpstreamClient(
             connect_timeout=settings.timeouts.connect,
             max_per_worker=settings.limits.max_connections_per_worker,
@@ -125,6 +128,7 @@ class Router:
     async def start(self) -> None:
         """Bring the background pieces up, in order: the static list is in the pool from the
         start; other sources fill it as soon as they have a list."""
+        self._warn_if_history_is_open()
         self.membership.run(build_source(self.settings))
         self.drains.start()
         self.checker.start()
@@ -167,9 +171,33 @@ class Router:
         self.loads.reconfigure(settings.load, settings.routing.saturation)
         self.balancer.reconfigure(settings.routing)
         self.placement.reconfigure(settings.routing.pins, settings.drain)
-        self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
+        self.extractor = key_extractor(settings)
         self.authenticator = Authenticator(settings.auth)
+        self.trusted_proxies = TrustedProxies(settings.proxy.trusted_proxies)
         self.forwarder.reconfigure(settings.retries, settings.timeouts)
         self.tokenizer.reconfigure(settings.history.tokenizer)
         self.summarizer.reconfigure(settings.history.summary)
         self.orchestrator.reconfigure(settings.history)
+        if _history_exposure(settings) != _history_exposure(old):
+            self._warn_if_history_is_open()
+
+    def _warn_if_history_is_open(self) -> None:
+        """`history.access: open` without API keys hands every stored conversation to whoever
+        asks: say so (with keys configured every request carries one, and its tenant)."""
+        enabled, access, keys, tenant_header = _history_exposure(self.settings)
+        if enabled and access == "open" and not keys:
+            log.warning(open_warning(tenant_header))
+
+
+def key_extractor(settings: Settings) -> KeyExtractor:
+    """The routing-key extractor. With `auth.keys` configured the tenant is the API key's only:
+    the extractor is not even told the tenant header, so no path can fall back to it."""
+    session = settings.session
+    if settings.auth.enabled and session.tenant_header is not None:
+        session = session.model_copy(update={"tenant_header": None})
+    return KeyExtractor(session, settings.routing.prefix)
+
+
+def _history_exposure(settings: Settings) -> tuple[bool, str, bool, str | None]:
+    history = settings.history
+    return history.enabled, history.access, settings.auth.enabled, settings.session.tenant_header

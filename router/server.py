@@ -20,7 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from router.config import Settings
-from router.http.app import build_app
+from router.http.app import build_admin_app, build_app
 from router.http.common import ROOT
 from router.reload import Reloader
 from router.root import Router
@@ -36,9 +36,13 @@ def install_fast_loop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+ADMIN_SHUTDOWN_SECONDS = 2.0
+
+
 @contextlib.asynccontextmanager
 async def running(settings: Settings, host: str, port: int) -> AsyncIterator[web.AppRunner]:
-    """The router serving on host:port for the duration of the block, then drained."""
+    """The router serving on host:port for the duration of the block, then drained; with an
+    admin token, the operator API on `admin.listen` too (closed first on the way out)."""
     root = Router(settings)
     app = build_app(root)
     runner = web.AppRunner(
@@ -48,12 +52,21 @@ async def running(settings: Settings, host: str, port: int) -> AsyncIterator[web
         access_log=None,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
-    await site.start()
+    admin: web.AppRunner | None = None
     try:
+        site = web.TCPSite(runner, host, port, backlog=2048)
+        await site.start()
+        if settings.admin.token:
+            admin = web.AppRunner(
+                build_admin_app(root), shutdown_timeout=ADMIN_SHUTDOWN_SECONDS, access_log=None
+            )
+            await admin.setup()
+            await web.TCPSite(admin, settings.admin.host, settings.admin.port).start()
         yield runner
     finally:
         root.stopping = True
+        if admin is not None:
+            await admin.cleanup()
         await runner.cleanup()
 
 
@@ -71,6 +84,8 @@ async def serve(
         gc.freeze()
         for address in runner.addresses:
             print(f"kvrouter listening on http://{address[0]}:{address[1]}", flush=True)
+        if settings.admin.token:
+            print(f"kvrouter admin API on http://{settings.admin.listen}", flush=True)
         await stop.wait()
         log.warning("stopping: draining in-flight requests for up to %ss", settings.shutdown_grace)
 

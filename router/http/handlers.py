@@ -23,7 +23,9 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     extractor = root.extractor
     view = RequestView(request.headers, request.query, body if extractor.needs_body else b"")
     key = extractor.extract(view, tenant=request.get(TENANT))
-    headers = upstream_headers(request, request_id, drop_authorization=TENANT in request)
+    headers = upstream_headers(
+        request, request_id, trusted=root.trusted_proxies, drop_authorization=TENANT in request
+    )
     out = Outgoing(request.method, request.rel_url.raw_path_qs, headers, body, request_id, key)
     return await root.forwarder.forward(request, out)
 

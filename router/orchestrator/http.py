@@ -1,7 +1,8 @@
 """HTTP side of server-kept history: the chat route that switches modes, and the sessions API.
 
 With `history.enabled: false` the chat route is a plain proxy route and the sessions API is
-off. The chat route is added before the proxy's catch-all routes, so it wins for its path.
+off. Who may use stored history at all is `history.access` (`router.orchestrator.access`). The
+chat route is added before the proxy's catch-all routes, so it wins for its path.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from router.errors import BadRequest, NotFound
 from router.http.auth import TENANT
 from router.http.common import ROOT, json_response, read_body, request_id_of
 from router.http.handlers import proxy_handler
+from router.orchestrator.access import history_tenant
 from router.orchestrator.history import Conversation
 from router.placement.session import MAX_SESSION_ID_LENGTH, RequestView, parse_json_body
 from router.proxy.forward import Outgoing
@@ -49,9 +51,23 @@ def server_keeps_history(request: web.Request) -> bool:
     return mode == "server"
 
 
+def tenant_for_history(request: web.Request) -> str:
+    """The tenant whose stored history this request may use (`history.access`), or the 403."""
+    root = request.app[ROOT]
+    history = root.settings.history
+    return history_tenant(
+        history.access,
+        authenticated=request.get(TENANT),
+        keys_configured=root.authenticator.enabled,
+        claimed=root.extractor.tenant(request.headers),
+        header=history.header,
+    )
+
+
 async def chat_handler(request: web.Request) -> web.StreamResponse:
     if not server_keeps_history(request):
         return await proxy_handler(request)
+    tenant = tenant_for_history(request)
     root = request.app[ROOT]
     body = await read_body(request, root.settings.limits.max_body_bytes)
     document = parse_json_body(body)
@@ -59,8 +75,10 @@ async def chat_handler(request: web.Request) -> web.StreamResponse:
         raise BadRequest("request body must be a JSON object")
     request_id = request_id_of(request)
     view = RequestView(request.headers, request.query, body)
-    key = root.extractor.extract(view, document, tenant=request.get(TENANT))
-    headers = upstream_headers(request, request_id, drop_authorization=TENANT in request)
+    key = root.extractor.extract(view, document, tenant=tenant)
+    headers = upstream_headers(
+        request, request_id, trusted=root.trusted_proxies, drop_authorization=TENANT in request
+    )
     out = Outgoing(request.method, request.rel_url.raw_path_qs, headers, b"", request_id, key)
     return await root.orchestrator.handle(request, out, document)
 
@@ -71,8 +89,7 @@ def _session_of(request: web.Request) -> tuple[str, str]:
     session = request.match_info["session"]
     if len(session) > MAX_SESSION_ID_LENGTH:
         raise BadRequest(f"session id is longer than {MAX_SESSION_ID_LENGTH} characters")
-    tenant = request.get(TENANT) or request.app[ROOT].extractor.tenant(request.headers)
-    return tenant, session
+    return tenant_for_history(request), session
 
 
 async def get_session(request: web.Request) -> web.Response:

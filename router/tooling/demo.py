@@ -27,7 +27,10 @@ Try it:
   PY
 
 Every turn with the same x-session-id lands on the same worker (see the x-kvrouter-worker
-header). Metrics: {url}/metrics   Readiness: {url}/readyz
+header). Add -H 'x-kvrouter-history: server' and send only the new message: the router keeps
+the conversation ({url}/v1/sessions/alice-1). Open to every client here (history.access:
+open), which is fine on loopback only.
+Metrics: {url}/metrics   Readiness: {url}/readyz
 """
 
 
@@ -63,7 +66,11 @@ def _progress(total: int) -> callable:
 
 async def _demo(ns: argparse.Namespace, fleet: LocalFleet) -> int:
     listen = f"127.0.0.1:{ns.port or free_port()}"
-    async with fleet.router_in_process(listen=listen) as url:
+    # The demo listens on loopback for one local user, so stored history may be open to every
+    # client (history.access: open) and the orchestrator example works without API keys; a
+    # shared router keeps the default, keys.
+    history = {"access": "open"}
+    async with fleet.router_in_process(listen=listen, history=history) as url:
         print(f"kvrouter demo: router on {url} in front of {len(fleet.workers)} simulated workers:")
         for worker in fleet.workers:
             print(f"  {worker.name}  {worker.url}")

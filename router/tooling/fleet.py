@@ -176,6 +176,7 @@ class RouterProcess:
 
     url: str
     proc: subprocess.Popen[bytes]
+    admin: str | None = None  # the operator API's base URL, when the config sets a token
 
     @classmethod
     def start(
@@ -198,7 +199,8 @@ class RouterProcess:
         except BaseException:
             stop_process(proc)
             raise
-        return cls(url, proc)
+        admin = admin_url(config) if (config.get("admin") or {}).get("token") else None
+        return cls(url, proc, admin)
 
     @property
     def port(self) -> int:
@@ -208,10 +210,22 @@ class RouterProcess:
         stop_process(self.proc)
 
 
+def admin_url(config: Mapping[str, Any] | Settings) -> str:
+    """The base URL of the operator API of a router built from `config` (a config dict such as
+    `router_config` returns, or its Settings): its own listener, `admin.listen`."""
+    if isinstance(config, Settings):
+        return f"http://{config.admin.listen}"
+    return f"http://{config['admin']['listen']}"
+
+
 def router_config(workers: Iterable[tuple[str, str]], **sections: Any) -> dict[str, Any]:
     """A router config, as a plain dict, listening on a free loopback port in front of
-    `(name, url)` workers; each of `sections` sets a whole top-level section."""
+    `(name, url)` workers; each of `sections` sets a whole top-level section. An `admin`
+    section without `listen` gets a free loopback port of its own (see `admin_url`), so
+    routers with an admin API can run side by side."""
     listed = [{"url": url, "name": name} for name, url in workers]
+    if "admin" in sections and "listen" not in sections["admin"]:
+        sections["admin"] = {**sections["admin"], "listen": f"{LOOPBACK}:{free_port()}"}
     return {"listen": f"{LOOPBACK}:{free_port()}", "workers": listed, **sections}
 
 

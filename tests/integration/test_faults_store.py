@@ -19,6 +19,7 @@ from router.tooling.fleet import RedisNotInstalled, RedisServer
 from tests.conftest import counted
 
 SERVER = {"x-kvrouter-history": "server"}
+OPEN = {"access": "open"}  # stored history open to every client, as on a trusted network
 pytestmark = pytest.mark.slow
 
 CASE_SECONDS = 12  # four cases: the file stays within a minute even if each one hangs
@@ -94,7 +95,7 @@ async def test_redis_killed_a_turn_is_refused_whole_and_its_retry_stored_once(
     sim_fleet, router_in_process, http, durable_redis
 ):
     fleet = sim_fleet(1, "--time-scale", "0")
-    settings = fleet.settings(store=store_config(durable_redis))
+    settings = fleet.settings(store=store_config(durable_redis), history=OPEN)
     async with asyncio.timeout(CASE_SECONDS), router_in_process(settings) as url:
         assert (await say(http, url, "k", "first", "k-1"))[0] == 200
         durable_redis.kill()
@@ -114,7 +115,7 @@ async def test_redis_stalled_past_the_store_timeout_leaves_no_phantom_turn(
     sim_fleet, router_in_process, http, durable_redis
 ):
     fleet = sim_fleet(1, "--time-scale", "0")
-    settings = fleet.settings(store=store_config(durable_redis))
+    settings = fleet.settings(store=store_config(durable_redis), history=OPEN)
     async with asyncio.timeout(CASE_SECONDS), router_in_process(settings) as url:
         assert (await say(http, url, "p", "first", "p-1"))[0] == 200
         durable_redis.pause()
@@ -140,7 +141,7 @@ async def test_redis_restarted_the_first_burst_after_it_answers_has_no_failure(
     sim_fleet, router_in_process, http, durable_redis
 ):
     fleet = sim_fleet(1, "--time-scale", "0")
-    settings = fleet.settings(store=store_config(durable_redis))
+    settings = fleet.settings(store=store_config(durable_redis), history=OPEN)
     sessions = [f"b{i}" for i in range(12)]
 
     async def burst(text: str) -> list[int]:
@@ -166,7 +167,7 @@ async def test_redis_stalled_mid_turn_the_answer_ends_in_bounded_time_and_the_re
 ):
     slow = ("--time-scale", "1", "--decode-ms-per-token", "40", "--prefill-ms-per-token", "0")
     fleet = sim_fleet(1, *slow)
-    settings = fleet.settings(store=store_config(durable_redis))
+    settings = fleet.settings(store=store_config(durable_redis), history=OPEN)
     async with asyncio.timeout(CASE_SECONDS), router_in_process(settings) as url:
         answer = asyncio.create_task(say(http, url, "m", "first", "m-1", stream=True,
                                          max_tokens=16))  # fmt: skip

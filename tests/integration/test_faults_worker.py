@@ -174,7 +174,8 @@ async def test_a_faulty_worker_costs_no_acknowledged_turn_and_invents_none(
     good = sim_fleet(1, "--time-scale", "0").urls[0]
     retries = {"mid_stream": resume}
     async with asyncio.timeout(CASE_SECONDS), FaultyWorker(fault) as bad:
-        async with router_for(bad.url, good, retries=retries) as (url, root):
+        history = {"access": "open"}  # stored history open to every client (trusted network)
+        async with router_for(bad.url, good, retries=retries, history=history) as (url, root):
             session = session_homed_on(root, "w0")
             got, body = await say(http, url, session, "first question", stream)
             assert got == status, (fault, got, body[:300])

@@ -11,6 +11,7 @@ from typing import Any
 from router.config import parse_settings
 from router.http.common import ROOT
 from router.server import running
+from router.tooling.fleet import admin_url
 from tests.conftest import FAST_HEALTH, chat_body, counted
 from tests.kube_api import NAMESPACE, SELECTOR, FakeApiServer, kubeconfig
 
@@ -23,8 +24,8 @@ def srv_zone(ports: list[int]) -> str:
     return "".join(f"{SRV}. 5 IN SRV 0 100 {port} 127.0.0.1.\n" for port in ports)
 
 
-async def listed(http: Any, url: str) -> dict[str, dict[str, Any]]:
-    async with http.get(url + "/admin/workers", headers=AUTH) as resp:
+async def listed(http: Any, admin: str) -> dict[str, dict[str, Any]]:
+    async with http.get(admin + "/admin/workers", headers=AUTH) as resp:
         return {w["name"]: w for w in (await resp.json())["workers"]}
 
 
@@ -58,9 +59,10 @@ async def test_dns_discovery_follows_workers_in_and_out_and_keeps_the_last_list_
     names = [f"127.0.0.1:{p}" for p in ports]
     async with running(settings, settings.host, settings.port) as runner:
         root, url = runner.app[ROOT], f"http://{settings.listen}"
+        admin = admin_url(settings)
 
         async def two_listed() -> bool:
-            return sorted(await listed(http, url)) == sorted(names[:2])
+            return sorted(await listed(http, admin)) == sorted(names[:2])
 
         await until(two_listed)
         seen = set()
@@ -77,7 +79,7 @@ async def test_dns_discovery_follows_workers_in_and_out_and_keeps_the_last_list_
         zone.zone = srv_zone(ports[1:])  # the first goes away, the third joins
 
         async def rotated() -> bool:
-            return sorted(await listed(http, url)) == sorted(names[1:])
+            return sorted(await listed(http, admin)) == sorted(names[1:])
 
         await until(rotated)
         assert await counted(http, url, "kvrouter_membership_changes_total", change="added") == 3
@@ -157,9 +159,10 @@ async def test_kubernetes_discovery_drains_a_terminating_pod_and_survives_the_ap
     try:
         async with running(settings, settings.host, settings.port) as runner:
             root, url = runner.app[ROOT], f"http://{settings.listen}"
+            admin = admin_url(settings)
 
             async def pods_listed() -> bool:
-                return sorted(await listed(http, url)) == ["vllm-0", "vllm-1"]
+                return sorted(await listed(http, admin)) == ["vllm-0", "vllm-1"]
 
             await until(pods_listed)
             served = {}
@@ -176,11 +179,11 @@ async def test_kubernetes_discovery_drains_a_terminating_pod_and_survives_the_ap
             api.put(endpoint_slice("vllm-2", ports[2]))
 
             async def draining() -> bool:
-                workers = await listed(http, url)
+                workers = await listed(http, admin)
                 return "vllm-2" in workers and workers["vllm-1"]["state"] == "draining"
 
             await until(draining)
-            assert (await listed(http, url))["vllm-1"]["drain"]["reason"] == "terminating"
+            assert (await listed(http, admin))["vllm-1"]["drain"]["reason"] == "terminating"
             stays = next(s for s, w in served.items() if w == "vllm-1")
             async with http.post(
                 url + "/v1/chat/completions", json=chat_body(), headers={"x-session-id": stays}
@@ -196,6 +199,6 @@ async def test_kubernetes_discovery_drains_a_terminating_pod_and_survives_the_ap
             async with http.get(url + "/readyz") as resp:
                 assert resp.status == 200
                 assert (await resp.json())["discovery"]["source"] == "kubernetes"
-            assert sorted(await listed(http, url)) == ["vllm-0", "vllm-1", "vllm-2"]
+            assert sorted(await listed(http, admin)) == ["vllm-0", "vllm-1", "vllm-2"]
     finally:
         await api.stop()

@@ -16,6 +16,7 @@ from router.tooling.launch import free_port
 from tests.conftest import counted, healthy, serving
 
 SERVER = {"x-kvrouter-history": "server"}
+OPEN = {"access": "open"}  # stored history open to every client, as on a trusted network
 
 
 class ChatUpstream:
@@ -68,8 +69,12 @@ async def upstream():
 
 
 def settings_for(url: str, **overrides: Any):
+    """A router in front of `url`. These tests (and those importing this helper) are about
+    what the orchestrator does, not who may use it (that is test_history_access.py), so stored
+    history is open to every client, as on a trusted network, unless `history` says otherwise."""
     raw = {"listen": f"127.0.0.1:{free_port()}", "workers": [{"url": url, "name": "up"}]}
     raw.update(overrides)
+    raw["history"] = {"access": "open", **raw.get("history", {})}
     return parse_settings(raw, "test", env={})
 
 
@@ -121,7 +126,7 @@ async def test_the_pinned_worker_sees_the_same_prefix_as_with_client_kept_histor
     sim_fleet, router_in_process, http
 ):
     fleet = sim_fleet(1, "--time-scale", "0")
-    async with router_in_process(fleet.settings()) as url:
+    async with router_in_process(fleet.settings(history=OPEN)) as url:
         client_kept: list[dict[str, str]] = []
         usage = {"client": [], "server": []}
         for turn in range(3):
@@ -244,7 +249,8 @@ async def test_sessions_are_scoped_by_tenant_and_can_be_forgotten(
 async def test_api_keys_choose_the_tenant_and_a_bad_key_is_a_401(upstream, router_in_process, http):
     keys = [{"tenant": "acme", "sha256": key_digest("sk-acme")},
             {"tenant": "globex", "sha256": key_digest("sk-globex")}]  # fmt: skip
-    settings = settings_for(upstream.url, auth={"keys": keys}, session={"tenant_header": "x-t"})
+    settings = settings_for(upstream.url, auth={"keys": keys}, session={"tenant_header": "x-t"},
+                            history={"access": "keys"})  # fmt: skip
     async with router_in_process(settings) as url:
         status, body = await say(http, url, "s", "hi", headers={"Authorization": "Bearer nope"})
         assert status == 401 and orjson.loads(body)["error"]["code"] == "invalid_api_key"
@@ -284,7 +290,7 @@ async def test_the_worker_tokenizer_counts_with_the_workers_tokenize_endpoint(
 ):
     fleet = sim_fleet(1, "--time-scale", "0")
     worker = fleet.workers[0].url
-    history = {"tokenizer": {"kind": "worker"}}
+    history = {**OPEN, "tokenizer": {"kind": "worker"}}
     async with router_in_process(fleet.settings(history=history)) as url:
         await say(http, url, "s", "count these five words", max_tokens=4)
         document = (await stored(http, url, "s", turns=1))[1]
@@ -305,7 +311,7 @@ async def test_a_reply_is_recorded_only_when_its_stream_completes(
 ):
     fleet = sim_fleet(1, "--time-scale", "0")
     worker = fleet.workers[0].url
-    async with router_in_process(fleet.settings(retries={"attempts": 0})) as url:
+    async with router_in_process(fleet.settings(retries={"attempts": 0}, history=OPEN)) as url:
         async with http.post(worker + "/sim/fault", json={"drop_after_chunks": 2}) as resp:
             assert resp.status == 200
         status, body = await say(http, url, "s", "first", stream=True, max_tokens=8)

@@ -18,6 +18,7 @@ from router.store.redis import RedisStore
 from tests.conftest import RedisServer, chat_body
 
 SERVER = {"x-kvrouter-history": "server"}
+OPEN = {"access": "open"}  # stored history open to every client, as on a trusted network
 
 
 async def chat(http, url, session, text, *, server=True, request_id=None):
@@ -42,7 +43,7 @@ async def test_redis_down_keeps_stateless_traffic_going_and_503s_history_until_i
     sim_fleet, router_in_process, http, own_redis: RedisServer
 ):
     fleet = sim_fleet(1, "--time-scale", "0")
-    settings = fleet.settings(store={"url": own_redis.url, "timeout": 0.3})
+    settings = fleet.settings(store={"url": own_redis.url, "timeout": 0.3}, history=OPEN)
     async with router_in_process(settings) as url:
         assert (await chat(http, url, "s", "before"))[0] == 200
         own_redis.kill()
@@ -185,7 +186,7 @@ async def test_racing_turns_through_two_routers_are_each_stored_once_in_arrival_
 ):
     fleet = sim_fleet(2, "--time-scale", "0")
     store = {"url": shared_redis_url, "key_prefix": redis_prefix}
-    urls = [router_process(fleet.config(store=store))[0] for _ in range(2)]
+    urls = [router_process(fleet.config(store=store, history=OPEN))[0] for _ in range(2)]
     writers, turns = 8, 6
 
     async def writer(index: int) -> None:

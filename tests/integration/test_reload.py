@@ -16,9 +16,15 @@ from typing import Any
 import yaml
 
 from router.config import load_settings
+from router.http.common import ROOT
 from router.reload import Reloader
 from router.root import Router
+from router.server import running
+from router.tooling.fleet import admin_url
+from router.tooling.launch import free_port
 from tests.conftest import chat_body, counted
+from tests.integration.test_orchestrator import SERVER
+from tests.integration.test_orchestrator import upstream as upstream  # the fixture
 
 TOKEN = "r" * 24
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -67,13 +73,13 @@ class SteadyLoad:
         await asyncio.gather(*self._tasks)
 
 
-async def workers(http: Any, url: str) -> dict[str, dict[str, Any]]:
-    async with http.get(url + "/admin/workers", headers=AUTH) as resp:
+async def workers(http: Any, admin: str) -> dict[str, dict[str, Any]]:
+    async with http.get(admin + "/admin/workers", headers=AUTH) as resp:
         return {w["name"]: w for w in (await resp.json())["workers"]}
 
 
-async def home_of(http: Any, url: str, session: str) -> str:
-    async with http.get(url + f"/admin/sessions/{session}", headers=AUTH) as resp:
+async def home_of(http: Any, admin: str, session: str) -> str:
+    async with http.get(admin + f"/admin/sessions/{session}", headers=AUTH) as resp:
         return (await resp.json())["home"]
 
 
@@ -96,6 +102,7 @@ async def test_a_reload_under_load_refuses_a_bad_file_then_drains_a_removed_work
         drain={"idle": 1.5, "timeout": 60, "check_interval": 0.1},
     )
     url, proc = router_process(config)
+    admin = admin_url(config)
     path = tmp_path / f"router-{url.rpartition(':')[2]}.yaml"
     assert yaml.safe_load(path.read_text())["listen"] == config["listen"]
     sessions = [f"chat-{i}" for i in range(24)]
@@ -111,7 +118,7 @@ async def test_a_reload_under_load_refuses_a_bad_file_then_drains_a_removed_work
         broken["routing"]["policy"] = "fastest"
         path.write_text(yaml.safe_dump(broken))
         await reload(proc, http, url, "invalid", 0)
-        listed = await workers(http, url)
+        listed = await workers(http, admin)
         assert sorted(listed) == ["sim-0", "sim-1", "sim-2"]
         assert all(w["state"] == "healthy" for w in listed.values())
 
@@ -121,7 +128,7 @@ async def test_a_reload_under_load_refuses_a_bad_file_then_drains_a_removed_work
         valid["listen"] = "127.0.0.1:1"  # needs a restart: logged, kept
         path.write_text(yaml.safe_dump(valid))
         await reload(proc, http, url, "applied", 0)
-        listed = await workers(http, url)
+        listed = await workers(http, admin)
         assert listed["sim-0"]["weight"] == 2.0
         assert listed["sim-2"]["state"] == "draining"
         assert listed["sim-2"]["drain"] == {
@@ -134,7 +141,7 @@ async def test_a_reload_under_load_refuses_a_bad_file_then_drains_a_removed_work
         for session in on_sim2:
             assert await load.turn(session) == "sim-2"
         candidates = [f"new-{i}" for i in range(60)]
-        newcomers = [s for s in candidates if await home_of(http, url, s) == "sim-2"]
+        newcomers = [s for s in candidates if await home_of(http, admin, s) == "sim-2"]
         assert newcomers
         for session in newcomers[:5]:
             assert await load.turn(session) in ("sim-0", "sim-1")
@@ -142,10 +149,10 @@ async def test_a_reload_under_load_refuses_a_bad_file_then_drains_a_removed_work
         # The sessions on sim-2 go quiet: after drain.idle the drain ends and sim-2 leaves.
         load.active -= set(on_sim2)
         for _ in range(100):
-            if "sim-2" not in await workers(http, url):
+            if "sim-2" not in await workers(http, admin):
                 break
             await asyncio.sleep(0.1)
-        assert "sim-2" not in await workers(http, url)
+        assert "sim-2" not in await workers(http, admin)
         for session in on_sim2:
             assert await load.turn(session) in ("sim-0", "sim-1")
         await asyncio.sleep(0.3)
@@ -191,3 +198,50 @@ async def test_a_refused_reload_logs_one_line_naming_the_key_and_changes_nothing
         ]
     finally:
         await root.stop()
+
+
+async def test_a_reload_applies_history_access_and_trusted_proxies_to_the_next_request(
+    upstream, http, tmp_path: Path
+):
+    path = tmp_path / "router.yaml"
+    closed = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "workers": [{"url": upstream.url, "name": "up"}],
+        "history": {"access": "off"},
+    }
+    opened = {**closed, "history": {"access": "open"}, "proxy": {"trusted_proxies": ["127.0.0.1"]}}
+    path.write_text(yaml.safe_dump(closed))
+    settings = load_settings(path, env={})
+    forged = {"X-Forwarded-For": "203.0.113.66", "x-session-id": "s"}
+
+    async def turn(server: bool) -> int:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {**forged, **(SERVER if server else {})}
+        async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
+            await resp.read()
+            return resp.status
+
+    async def session_status() -> int:
+        async with http.get(url + "/v1/sessions/s") as resp:
+            return resp.status
+
+    def forwarded_for() -> str:
+        return {k.lower(): v for k, v in upstream.headers[-1].items()}["x-forwarded-for"]
+
+    async with running(settings, settings.host, settings.port) as runner:
+        url = f"http://{settings.listen}"
+        reloader = Reloader(runner.app[ROOT], path)
+        assert await turn(server=True) == 403 and await session_status() == 403
+        assert await turn(server=False) == 200 and forwarded_for() == "127.0.0.1"
+
+        path.write_text(yaml.safe_dump(opened))
+        found = reloader.reload()
+        assert found is not None and all(c.live for c in found)
+        assert {c.key for c in found} == {"history.access", "proxy.trusted_proxies"}
+        assert await turn(server=True) == 200 and forwarded_for() == "203.0.113.66, 127.0.0.1"
+        assert await session_status() == 200
+
+        path.write_text(yaml.safe_dump(closed))
+        assert reloader.reload() is not None
+        assert await turn(server=True) == 403 and await session_status() == 403
+        assert await turn(server=False) == 200 and forwarded_for() == "127.0.0.1"

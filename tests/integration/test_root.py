@@ -16,10 +16,12 @@ from router.config import parse_settings
 from router.http.common import ROOT
 from router.root import Router
 from router.server import running
+from router.tooling.fleet import admin_url
 from router.tooling.launch import free_port
 from tests.conftest import healthy, serving
 
 SERVER = {"x-kvrouter-history": "server"}
+OPEN = {"access": "open"}  # stored history open to every client, as on a trusted network
 ADMIN = {"Authorization": "Bearer admin-secret-0123456789"}
 
 
@@ -72,11 +74,12 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 @asynccontextmanager
 async def router(*urls: str, **overrides: Any) -> AsyncIterator[tuple[str, Router]]:
+    """A router in front of `urls`; its admin API is at `admin_url(root.settings)`."""
     port = free_port()
     raw: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
         "workers": [{"url": u, "name": f"w{i}"} for i, u in enumerate(urls)],
-        "admin": {"token": "admin-secret-0123456789"},
+        "admin": {"token": "admin-secret-0123456789", "listen": f"127.0.0.1:{free_port()}"},
     }
     raw.update(overrides)
     async with running(parse_settings(raw, "test", env={}), "127.0.0.1", port) as runner:
@@ -92,6 +95,7 @@ async def chat(http, url: str, text: str, headers: dict[str, str] | None = None)
 
 async def test_summaries_and_tokenizer_calls_hold_a_worker_lease(upstream, http):
     history = {
+        **OPEN,
         "max_prompt_tokens": 40,
         "tokenizer": {"kind": "worker"},
         "summary": {"enabled": True},
@@ -115,7 +119,7 @@ async def test_summaries_and_tokenizer_calls_hold_a_worker_lease(upstream, http)
 
 
 async def test_a_router_serving_no_orchestrator_request_loads_no_tokenizer(upstream, http):
-    async with router(upstream.url) as (url, root):
+    async with router(upstream.url, history=OPEN) as (url, root):
         upstream.root = root
         assert await chat(http, url, "hello", {"x-session-id": "s1"}) == 200
         assert not root.tokenizer.loaded, "a stateless request loaded the tokenizer"
@@ -127,12 +131,13 @@ async def test_the_admin_preview_honours_pins_disabled(upstream, http):
     app = web.Application()
     app.router.add_get("/health", healthy)
     routing = {"policy": "consistent_hash", "pins": {"enabled": False}}
-    async with serving(app) as second, router(upstream.url, second, routing=routing) as (url, root):
+    async with serving(app) as second, router(upstream.url, second, routing=routing) as (_, root):
         home = root.balancer.ring_home("default\x1fchat-9")
         assert home is not None
         other = next(w.name for w in root.pool if w is not home)
         await root.store.set_pin("default", "chat-9", other, 60)  # left by an earlier run
-        async with http.get(url + "/admin/sessions/chat-9", headers=ADMIN) as resp:
+        admin = admin_url(root.settings)
+        async with http.get(admin + "/admin/sessions/chat-9", headers=ADMIN) as resp:
             where = await resp.json()
         assert resp.status == 200, where
         assert where["pinned"] is None and where["worker"] == home.name, where
@@ -140,7 +145,7 @@ async def test_the_admin_preview_honours_pins_disabled(upstream, http):
 
 
 async def test_new_settings_reach_the_running_router(upstream, http):
-    async with router(upstream.url) as (url, root):
+    async with router(upstream.url, history=OPEN) as (url, root):
         upstream.root = root
         assert await chat(http, url, "hi", {**SERVER, "x-session-id": "s1"}) == 200
         raw = root.settings.model_dump(mode="json")
@@ -157,12 +162,13 @@ async def test_the_worker_listing_shows_each_workers_load_and_whether_it_is_fres
     load = {"interval": 0.05, "jitter": 0.0, "stale_after": 0.5}
     async with router(upstream.url, load=load) as (url, root):
         upstream.root = root
-        async with http.get(url + "/admin/workers", headers=ADMIN) as resp:
+        admin = admin_url(root.settings)
+        async with http.get(admin + "/admin/workers", headers=ADMIN) as resp:
             listed = (await resp.json())["workers"][0]
         # the upstream has no /metrics: the router's own count stands in, and says so
         assert listed["load"]["fresh"] is False and listed["load"]["scrape_failures"] >= 0
         await asyncio.sleep(0.3)
-        async with http.get(url + "/admin/workers", headers=ADMIN) as resp:
+        async with http.get(admin + "/admin/workers", headers=ADMIN) as resp:
             listed = (await resp.json())["workers"][0]
         assert listed["load"]["scrape_failures"] >= 2, listed
         async with http.get(url + "/metrics") as resp:

@@ -152,3 +152,14 @@ def test_custom_metrics_keys_and_names_are_validated_naming_the_key():
         parse_settings({**ONE_WORKER, "custom_metrics": {"running": "a", "latency": "b"}})
     with pytest.raises(ConfigError, match=r"custom_metrics\.running: String should match"):
         parse_settings({**ONE_WORKER, "custom_metrics": {"running": "not a metric"}})
+
+
+def test_the_admin_api_listens_on_loopback_by_default_and_never_on_the_public_address():
+    workers = [{"url": "http://127.0.0.1:9"}]
+    assert parse_settings({"workers": workers}, env={}).admin.listen == "127.0.0.1:8081"
+    same = {"workers": workers, "listen": "0.0.0.0:8080",
+            "admin": {"token": "t" * 16, "listen": "0.0.0.0:8080"}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"admin\.listen: 0\.0\.0\.0:8080 is also `listen`"):
+        parse_settings(same, env={})
+    with pytest.raises(ConfigError, match=r"admin\.listen"):
+        parse_settings({"workers": workers, "admin": {"listen": "nowhere"}}, env={})

@@ -88,3 +88,34 @@ def test_check_config_against_lists_changes(tmp_path: Path, capsys):
     new.write_text("routing: {policy: fastest}\n" + yaml.safe_dump(BASE))
     assert main(["check-config", str(new), "--against", str(old)]) == 2
     assert "routing.policy" in capsys.readouterr().err
+
+
+TOKEN, OTHER = "a" * 24, "b" * 24
+
+
+def test_the_admin_listener_is_restart_history_access_and_trusted_proxies_are_live():
+    old = settings(admin={"token": TOKEN})
+    new = settings(
+        admin={"token": TOKEN, "listen": "127.0.0.1:9181"}, history={"access": "open"},
+        proxy={"trusted_proxies": ["10.0.0.0/8"]},
+    )  # fmt: skip
+    found = {c.key: c.live for c in changes(old, new)}
+    assert found == {
+        "admin.listen": False, "history.access": True, "proxy.trusted_proxies": True,
+    }  # fmt: skip
+    applied = effective(old, new)
+    assert applied.admin.listen == old.admin.listen and applied.history.access == "open"
+    assert applied.proxy.trusted_proxies == ("10.0.0.0/8",)
+
+
+def test_a_first_admin_token_waits_for_a_restart_a_changed_or_removed_one_applies_live():
+    without, with_token, other = settings(), settings(admin={"token": TOKEN}), settings(
+        admin={"token": OTHER}
+    )
+    (first,) = changes(without, with_token)
+    assert first.key == "admin.token" and not first.live
+    assert effective(without, with_token).admin.token is None
+    assert [c.live for c in changes(with_token, other)] == [True]
+    assert effective(with_token, other).admin.token == OTHER
+    assert [c.live for c in changes(with_token, without)] == [True]
+    assert effective(with_token, without).admin.token is None
