@@ -10,7 +10,7 @@ from router.errors import NoHealthyWorker
 from router.http.auth import TENANT
 from router.http.common import ROOT, json_response, read_body, request_id_of
 from router.http.models import list_models
-from router.placement.session import RequestView
+from router.placement.session import RequestView, query_values
 from router.proxy.forward import Outgoing
 from router.proxy.headers import upstream_headers
 
@@ -21,7 +21,8 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, root.settings.limits.max_body_bytes)
     request_id = request_id_of(request)
     extractor = root.extractor
-    view = RequestView(request.headers, request.query, body if extractor.needs_body else b"")
+    query = query_values(request.rel_url.raw_query_string)
+    view = RequestView(request.headers, query, body if extractor.needs_body else b"")
     key = extractor.extract(view, tenant=request.get(TENANT))
     headers = upstream_headers(request, request_id, drop_authorization=TENANT in request)
     out = Outgoing(request.method, request.rel_url.raw_path_qs, headers, body, request_id, key)

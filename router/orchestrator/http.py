@@ -16,7 +16,12 @@ from router.http.auth import TENANT
 from router.http.common import ROOT, json_response, read_body, request_id_of
 from router.http.handlers import proxy_handler
 from router.orchestrator.history import Conversation
-from router.placement.session import MAX_SESSION_ID_LENGTH, RequestView, parse_json_body
+from router.placement.session import (
+    MAX_SESSION_ID_LENGTH,
+    RequestView,
+    parse_json_body,
+    query_values,
+)
 from router.proxy.forward import Outgoing
 from router.proxy.headers import upstream_headers
 
@@ -58,7 +63,7 @@ async def chat_handler(request: web.Request) -> web.StreamResponse:
     if not isinstance(document, dict):
         raise BadRequest("request body must be a JSON object")
     request_id = request_id_of(request)
-    view = RequestView(request.headers, request.query, body)
+    view = RequestView(request.headers, query_values(request.rel_url.raw_query_string), body)
     key = root.extractor.extract(view, document, tenant=request.get(TENANT))
     headers = upstream_headers(request, request_id, drop_authorization=TENANT in request)
     out = Outgoing(request.method, request.rel_url.raw_path_qs, headers, b"", request_id, key)

@@ -1,0 +1,100 @@
+"""What hostile clients send, over raw sockets to a real router in front of a raw worker: bytes
+that are not UTF-8 where a session id or tenant is read, paths with dot-segments, malformed
+requests. Each answer is a 4xx (OpenAI-shaped JSON where the router answers) and never a
+traceback; the worker sees only what it should."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from router.config import parse_settings
+from router.tooling.launch import free_port
+from tests.conftest import FAST_HEALTH
+from tests.raw_http import RecordingWorker, get, send_raw
+
+
+@asynccontextmanager
+async def router_before(
+    worker: RecordingWorker, router_in_process, **sections
+) -> AsyncIterator[int]:
+    """A router in this process in front of `worker` alone; yields its port."""
+    port = free_port()
+    raw = {
+        "listen": f"127.0.0.1:{port}",
+        "workers": [{"url": worker.url, "name": "raw-0"}],
+        "health": FAST_HEALTH,
+        "load": {"enabled": False},
+        **sections,
+    }
+    async with router_in_process(parse_settings(raw, "test", env={})):
+        yield port
+
+
+def tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+NOT_UTF8 = [
+    pytest.param(get("/v1/chat", b"x-session-id: a\xffb"), "header 'x-session-id'", id="header"),
+    pytest.param(get("/v1/chat", b"x-session-id: \xed\xb3\xbf"), "header 'x-session-id'",
+                 id="header-encoded-surrogate"),
+    pytest.param(get("/v1/chat", b"x-tenant: t\xfe", b"x-session-id: s"),
+                 "tenant header 'x-tenant'", id="tenant"),
+    pytest.param(get("/v1/chat?session_id=a%ffb"), "query 'session_id'", id="query"),
+    pytest.param(get("/v1/sessions/s1", b"x-tenant: \xc3"), "tenant header 'x-tenant'",
+                 id="sessions-api-tenant"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("request_bytes", "named"), NOT_UTF8)
+async def test_bytes_that_are_not_utf8_in_a_session_id_or_tenant_are_a_400_naming_it(
+    request_bytes: bytes, named: str, router_in_process, caplog
+):
+    async with RecordingWorker() as worker, router_before(
+        worker, router_in_process, session={"tenant_header": "x-tenant"}
+    ) as port:
+        answer = await send_raw(port, request_bytes)
+        assert answer.status == 400, answer.head
+        error = answer.error()
+        assert error["code"] == "bad_request"
+        assert named in error["message"] and "UTF-8" in error["message"], error
+        assert worker.requests == []
+        good = await send_raw(port, get("/v1/chat", b"x-session-id: caf\xc3\xa9"))
+        assert good.status == 200 and good.header("x-kvrouter-route") == "affinity"
+    assert tracebacks(caplog) == []
+
+
+async def test_a_cookie_that_is_not_utf8_is_ignored_like_any_other_illegal_cookie(
+    router_in_process, caplog
+):
+    async with RecordingWorker() as worker, router_before(worker, router_in_process) as port:
+        answer = await send_raw(port, get("/v1/chat", b"Cookie: kvrouter_session=a\xffb"))
+        assert answer.status == 200 and answer.header("x-kvrouter-route") != "affinity"
+        quoted = await send_raw(port, get("/v1/chat", b'Cookie: kvrouter_session="a\\377b"'))
+        assert quoted.status == 200 and quoted.header("x-kvrouter-route") == "affinity"
+    assert tracebacks(caplog) == []
+
+
+async def test_with_redis_state_a_tenant_or_session_that_is_not_utf8_never_reaches_a_key(
+    router_in_process, shared_redis_url, redis_prefix, caplog
+):
+    store = {"url": shared_redis_url, "key_prefix": redis_prefix}
+    async with RecordingWorker() as worker, router_before(
+        worker, router_in_process, store=store, session={"tenant_header": "x-tenant"}
+    ) as port:
+        sessions = await send_raw(port, get("/v1/sessions/s1", b"x-tenant: t\xff"))
+        body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+        chat = get(
+            "/v1/chat/completions", b"x-session-id: s\xff", b"x-kvrouter-history: server",
+            b"Content-Type: application/json", b"Content-Length: %d" % len(body), method=b"POST",
+        ) + body  # fmt: skip
+        turn = await send_raw(port, chat)
+        for answer, named in ((sessions, "x-tenant"), (turn, "x-session-id")):
+            assert answer.status == 400, answer.head
+            assert named in answer.error()["message"]
+        assert worker.requests == []
+    assert tracebacks(caplog) == []
