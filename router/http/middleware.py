@@ -1,10 +1,13 @@
-"""The app's middleware, outermost first: errors become OpenAI-shaped JSON, then API keys name
-the tenant (a pass-through when no keys are configured)."""
+"""The app's middleware, outermost first: errors become OpenAI-shaped JSON, paths with
+dot-segments are refused, then API keys name the tenant (a pass-through when no keys are
+configured)."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
@@ -44,6 +47,43 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(err, request_id_of(request))
 
 
+_SEGMENT_SEPARATORS = re.compile(r"[/\\]")
+_DECODINGS = 3
+
+
+def has_dot_segment(raw_path: str) -> bool:
+    """Whether the path, as sent or percent-decoded once or more, has a `.` or `..` segment,
+    with `/` or `\\` as separators: `/v1/../x`, `/v1/%2e%2e/x`, `/v1/..%2fx`, `/v1/..\\x`,
+    `/v1/./x`, `/v1/x/..`, `/v1/%252e%252e/x`. Dots inside a segment (`model.v2.gguf`) are
+    not dot-segments."""
+    path = raw_path
+    for _ in range(_DECODINGS):
+        if "." not in path and "%" not in path:
+            return False
+        if any(part in (".", "..") for part in _SEGMENT_SEPARATORS.split(path)):
+            return True
+        decoded = unquote(path, errors="surrogateescape")
+        if decoded == path:
+            return False
+        path = decoded
+    return any(part in (".", "..") for part in _SEGMENT_SEPARATORS.split(path))
+
+
+@web.middleware
+async def plain_paths(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A path with dot-segments is refused, never forwarded: it passes the `proxy.prefixes`
+    check as sent, and a worker (or anything between) that resolves it would serve a path
+    outside them. Refused rather than normalised, so the router and the worker can never
+    disagree about which path was meant; no client library sends such paths."""
+    raw_path = request.rel_url.raw_path
+    if has_dot_segment(raw_path):
+        raise BadRequest(
+            f"path {raw_path!r} has a '.' or '..' segment (also when percent-encoded or after "
+            "a backslash); send the path without dot-segments"
+        )
+    return await handler(request)
+
+
 @web.middleware
 async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
     """With `auth.keys` set, requests under /v1/ and the proxied prefixes carry a valid key,
@@ -59,4 +99,4 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
 
 def middleware_stack() -> list[Callable[..., Awaitable[web.StreamResponse]]]:
     """The whole middleware order, outermost first."""
-    return [errors_to_json, api_keys]
+    return [errors_to_json, plain_paths, api_keys]

@@ -98,3 +98,27 @@ async def test_with_redis_state_a_tenant_or_session_that_is_not_utf8_never_reach
             assert named in answer.error()["message"]
         assert worker.requests == []
     assert tracebacks(caplog) == []
+
+
+DOT_SEGMENTS = [
+    "/v1/../x", "/v1/%2e%2e/x", "/v1/%2E%2E%2Fadmin", "/v1/..%2fx", "/v1/..\\x", "/v1/./x",
+    "/v1/x/..", "/v1/.%2e/metrics", "/v1/%252e%252e/x", "/v1/chat/completions/../../healthz",
+    "http://evil.example/v1/../x",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", DOT_SEGMENTS)
+async def test_a_path_with_dot_segments_is_refused_with_a_400_and_never_forwarded(
+    path: str, router_in_process, caplog
+):
+    async with RecordingWorker() as worker, router_before(worker, router_in_process) as port:
+        for method in (b"GET", b"POST"):
+            answer = await send_raw(port, get(path, b"Content-Length: 0", method=method))
+            assert answer.status == 400, (path, answer.head)
+            message = answer.error()["message"]
+            assert "'..'" in message and "segment" in message
+        assert worker.requests == []
+        plain = await send_raw(port, get("/v1/models/llama-3.1.Q4..gguf/x..y/...//z"))
+        assert plain.status == 200
+        assert worker.targets == [b"GET /v1/models/llama-3.1.Q4..gguf/x..y/...//z HTTP/1.1"]
+    assert tracebacks(caplog) == []
