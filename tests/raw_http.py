@@ -62,7 +62,7 @@ async def read_answer(reader: asyncio.StreamReader, timeout: float) -> Answer:
 async def send_raw(port: int, data: bytes, timeout: float = 5.0) -> Answer:
     """Send `data` on a new connection and read one answer (the client keeps its side open,
     so a close is the router's)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
     try:
         writer.write(data)
         with contextlib.suppress(ConnectionError):

@@ -1,7 +1,7 @@
 """What hostile clients send, over raw sockets to a real router in front of a raw worker: bytes
 that are not UTF-8 where a session id or tenant is read, paths with dot-segments, malformed
 requests. Each answer is a 4xx (OpenAI-shaped JSON where the router answers) and never a
-traceback; the worker sees only what it should."""
+traceback; the worker sees only what it should. Also a worker's oversized response head."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from router.config import parse_settings
 from router.tooling.launch import free_port
-from tests.conftest import FAST_HEALTH
+from tests.conftest import FAST_HEALTH, counted
 from tests.raw_http import RecordingWorker, get, send_raw
 
 
@@ -122,3 +122,41 @@ async def test_a_path_with_dot_segments_is_refused_with_a_400_and_never_forwarde
         assert plain.status == 200
         assert worker.targets == [b"GET /v1/models/llama-3.1.Q4..gguf/x..y/...//z HTTP/1.1"]
     assert tracebacks(caplog) == []
+
+
+HUGE_HEAD = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200_000 + b"\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def test_a_worker_response_head_over_64_kib_is_a_502_naming_the_worker(
+    router_in_process, http
+):
+    async with RecordingWorker(answer=HUGE_HEAD) as worker, router_before(
+        worker, router_in_process, retries={"attempts": 0}
+    ) as port:
+        answer = await send_raw(port, get("/v1/chat", b"x-session-id: s1"))
+        assert answer.status == 502 and answer.header("x-big") is None
+        error = answer.error()
+        assert "raw-0" in error["message"] and "head over 65536 bytes" in error["message"]
+        assert len(answer.head) < 4096
+        protocol = await counted(
+            http, f"http://127.0.0.1:{port}", "kvrouter_upstream_errors_total", kind="protocol"
+        )
+        assert protocol == 1
+
+
+async def test_a_huge_head_is_retried_on_another_worker(router_in_process):
+    async with RecordingWorker(answer=HUGE_HEAD) as bad, RecordingWorker() as good:
+        port = free_port()
+        raw = {
+            "listen": f"127.0.0.1:{port}", "health": FAST_HEALTH, "load": {"enabled": False},
+            "workers": [{"url": bad.url, "name": "bad"}, {"url": good.url, "name": "good"}],
+            "routing": {"policy": "consistent_hash"},
+        }  # fmt: skip
+        async with router_in_process(parse_settings(raw, "test", env={})):
+            served = set()
+            for i in range(8):
+                answer = await send_raw(port, get("/v1/chat", b"x-session-id: s%d" % i))
+                assert answer.status == 200, answer.head
+                served.add(answer.header("x-kvrouter-worker"))
+            assert served == {"good"}
+            assert bad.requests, "no session's home was the bad worker: nothing was retried"
