@@ -21,6 +21,7 @@ from aiohttp import web
 
 from router.config import Settings
 from router.http.app import build_app
+from router.http.client_errors import ClientErrorLog
 from router.http.common import ROOT
 from router.reload import Reloader
 from router.root import Router
@@ -46,6 +47,7 @@ async def running(settings: Settings, host: str, port: int) -> AsyncIterator[web
         handler_cancellation=True,
         shutdown_timeout=settings.shutdown_grace,
         access_log=None,
+        logger=ClientErrorLog(),  # a client's malformed request: one line, rate-limited
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=2048)

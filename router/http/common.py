@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from router.errors import PayloadTooLarge, RouterError
+from router.errors import BadRequest, PayloadTooLarge, RouterError
+from router.http.client_errors import client_fault, describe
 
 if TYPE_CHECKING:
     from router.root import Router
@@ -45,3 +46,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise PayloadTooLarge(
             f"request body is over the {limit}-byte limit (limits.max_body_bytes)"
         ) from None
+    except web.RequestPayloadError as err:  # a broken chunked or compressed body
+        fault = client_fault(err)
+        what = describe(fault) if fault is not None else "it ended before its end"
+        raise BadRequest(f"request body is malformed: {what}") from None

@@ -5,13 +5,17 @@ traceback; the worker sees only what it should. Also a worker's oversized respon
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 
 from router.config import parse_settings
+from router.http.common import ROOT
+from router.server import running
 from router.tooling.launch import free_port
 from tests.conftest import FAST_HEALTH, counted
 from tests.raw_http import RecordingWorker, get, send_raw
@@ -160,3 +164,62 @@ async def test_a_huge_head_is_retried_on_another_worker(router_in_process):
                 served.add(answer.header("x-kvrouter-worker"))
             assert served == {"good"}
             assert bad.requests, "no session's home was the bad worker: nothing was retried"
+
+
+MALFORMED = {
+    "bad-request-line": b"GET /v1/x HTTP/1.1 extra\r\nHost: a\r\n\r\n",
+    "bad-method": b"G\x01T /v1/x HTTP/1.1\r\nHost: a\r\n\r\n",
+    "bad-header-name": b"GET /v1/x HTTP/1.1\r\nHost: a\r\nBad Header: y\r\n\r\n",
+    "nul-in-header": b"GET /v1/x HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\n\r\n",
+    "cl-and-te": b"POST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "duplicate-cl": b"POST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+    b"Content-Length: 4\r\n\r\nabcd",
+    "bad-chunk-size": b"POST /v1/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"zz\r\nabc\r\n0\r\n\r\n",
+}
+
+
+async def test_malformed_requests_are_refused_with_at_most_one_log_line_per_second_per_kind(
+    router_in_process, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    async with RecordingWorker() as worker, router_before(worker, router_in_process) as port:
+        started = time.monotonic()
+        for _ in range(10):
+            for raw in MALFORMED.values():
+                answer = await send_raw(port, raw)
+                assert answer.closed_silently or 400 <= answer.status < 500, (raw, answer.head)
+        elapsed = time.monotonic() - started
+        assert worker.requests == []
+        assert tracebacks(caplog) == [] and all(r.exc_info is None for r in caplog.records)
+        lines = [r for r in caplog.records if r.name == "kvrouter.clients"]
+        kinds = {r.getMessage().split(":")[1].strip() for r in lines}
+        assert 1 <= len(lines) <= len(kinds) * (int(elapsed) + 2), [r.getMessage() for r in lines]
+        assert all("\n" not in r.getMessage() for r in lines)
+
+        await asyncio.sleep(1.05)
+        await send_raw(port, MALFORMED["duplicate-cl"])
+        last = [r.getMessage() for r in caplog.records if r.name == "kvrouter.clients"][-1]
+        assert "BadHttpMessage" in last and "more like it" in last, last
+
+        assert (await send_raw(port, get("/healthz"))).status == 200
+        assert (await send_raw(port, get("/v1/chat", b"x-session-id: s"))).status == 200
+
+
+async def test_a_real_error_in_a_handler_is_logged_once_with_its_traceback(caplog):
+    class Broken:
+        needs_body = False
+
+        def extract(self, *args, **kwargs):
+            raise RuntimeError("a real router bug")
+
+    async with RecordingWorker() as worker:
+        port = free_port()
+        raw = {"listen": f"127.0.0.1:{port}", "workers": [{"url": worker.url, "name": "w"}]}
+        async with running(parse_settings(raw, "test", env={}), "127.0.0.1", port) as runner:
+            runner.app[ROOT].extractor = Broken()  # type: ignore[assignment]
+            answer = await send_raw(port, get("/v1/chat"))
+            assert answer.status == 500 and answer.error()["code"] == "internal_error"
+    logged = [r for r in caplog.records if r.exc_info]
+    assert len(logged) == 1 and "a real router bug" in str(logged[0].exc_info[1])
