@@ -177,6 +177,8 @@ MALFORMED = {
     b"Content-Length: 4\r\n\r\nabcd",
     "bad-chunk-size": b"POST /v1/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"zz\r\nabc\r\n0\r\n\r\n",
+    "not-gzip-body": b"POST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Encoding: gzip\r\n"
+    b"Content-Length: 3\r\n\r\nabc",
 }
 
 
