@@ -23,6 +23,7 @@ from router.fleet.membership import Membership
 from router.fleet.passive import FailureCounts, PassiveHealth
 from router.fleet.workers import Worker, WorkerPool
 from router.http.auth import Authenticator
+from router.http.connections import ClientGuard
 from router.metrics import Metrics
 from router.orchestrator.persist import Persister
 from router.orchestrator.summary import Summarizer
@@ -89,6 +90,7 @@ class Router:
         self.calls = WorkerCalls(self.placement, pool)
         self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
         self.authenticator = Authenticator(settings.auth)
+        self.clients = ClientGuard(settings.limits, metrics)
         self.upstream = UpstreamClient(
             connect_timeout=settings.timeouts.connect,
             max_per_worker=settings.limits.max_connections_per_worker,
@@ -169,6 +171,7 @@ class Router:
         self.placement.reconfigure(settings.routing.pins, settings.drain)
         self.extractor = KeyExtractor(settings.session, settings.routing.prefix)
         self.authenticator = Authenticator(settings.auth)
+        self.clients.reconfigure(settings.limits)
         self.forwarder.reconfigure(settings.retries, settings.timeouts)
         self.tokenizer.reconfigure(settings.history.tokenizer)
         self.summarizer.reconfigure(settings.history.summary)

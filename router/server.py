@@ -23,6 +23,7 @@ from router.config import Settings
 from router.http.app import build_app
 from router.http.client_errors import ClientErrorLog
 from router.http.common import ROOT
+from router.http.connections import ClientSite
 from router.reload import Reloader
 from router.root import Router
 
@@ -48,9 +49,10 @@ async def running(settings: Settings, host: str, port: int) -> AsyncIterator[web
         shutdown_timeout=settings.shutdown_grace,
         access_log=None,
         logger=ClientErrorLog(),  # a client's malformed request: one line, rate-limited
+        keepalive_timeout=settings.limits.keepalive_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
+    site = ClientSite(runner, root.clients, host, port, backlog=2048)
     await site.start()
     try:
         yield runner

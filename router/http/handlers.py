@@ -18,7 +18,8 @@ from router.proxy.headers import upstream_headers
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
     """Any request under a proxied prefix: extract its key, forward it unchanged."""
     root = request.app[ROOT]
-    body = await read_body(request, root.settings.limits.max_body_bytes)
+    limits = root.settings.limits
+    body = await read_body(request, limits.max_body_bytes, limits.body_timeout)
     request_id = request_id_of(request)
     extractor = root.extractor
     query = query_values(request.rel_url.raw_query_string)

@@ -1,5 +1,6 @@
-"""The app's middleware, outermost first: errors become OpenAI-shaped JSON, paths with
-dot-segments are refused, then API keys name the tenant (a pass-through when no keys are
+"""The app's middleware, outermost first: errors become OpenAI-shaped JSON, each request tells
+its connection's guard when it starts and ends (and is refused past the connection cap), paths
+with dot-segments are refused, then API keys name the tenant (a pass-through when no keys are
 configured)."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from urllib.parse import unquote
 import aiohttp
 from aiohttp import web
 
-from router.errors import BadRequest, NotFound, PayloadTooLarge, RouterError
+from router.errors import BadRequest, NotFound, PayloadTooLarge, RouterError, TooManyConnections
 from router.http.auth import TENANT
 from router.http.common import ROOT, error_response, request_id_of
 
@@ -31,7 +32,10 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
     except RouterError as err:
         if err.status >= 500:
             request.app[ROOT].metrics.rejected.labels(err.code).inc()
-        return error_response(err, request_id_of(request))
+        response = error_response(err, request_id_of(request))
+        if err.close_connection:
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -45,6 +49,31 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
         log.exception("unhandled error on %s %s", request.method, request.path)
         err = RouterError("internal router error; see the router log")
         return error_response(err, request_id_of(request))
+
+
+@web.middleware
+async def client_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tells the connection's guard (`router.http.connections`) that a request head came
+    whole and when its answer is done; a connection past `limits.max_client_connections` is
+    answered 503 and closed (`/healthz` is answered, and the connection closed too)."""
+    guard = request.app[ROOT].clients
+    conn = guard.of(request)
+    if conn is None:  # an app served without the guarded site
+        return await handler(request)
+    conn.request_started(request)
+    try:
+        if not conn.refused:
+            return await handler(request)
+        if request.path != "/healthz":
+            raise TooManyConnections(
+                f"the router has {guard.open} client connections open, over its limit of "
+                f"{guard.cap} (limits.max_client_connections); retry shortly"
+            )
+        response = await handler(request)
+        response.force_close()
+        return response
+    finally:
+        conn.request_finished()
 
 
 _SEGMENT_SEPARATORS = re.compile(r"[/\\]")
@@ -99,4 +128,4 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
 
 def middleware_stack() -> list[Callable[..., Awaitable[web.StreamResponse]]]:
     """The whole middleware order, outermost first."""
-    return [errors_to_json, plain_paths, api_keys]
+    return [errors_to_json, client_limits, plain_paths, api_keys]

@@ -58,7 +58,8 @@ async def chat_handler(request: web.Request) -> web.StreamResponse:
     if not server_keeps_history(request):
         return await proxy_handler(request)
     root = request.app[ROOT]
-    body = await read_body(request, root.settings.limits.max_body_bytes)
+    limits = root.settings.limits
+    body = await read_body(request, limits.max_body_bytes, limits.body_timeout)
     document = parse_json_body(body)
     if not isinstance(document, dict):
         raise BadRequest("request body must be a JSON object")
