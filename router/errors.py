@@ -37,6 +37,14 @@ class NotFound(RouterError):
     code = "not_found"
 
 
+class Misdirected(RouterError):
+    """An absolute-form request target (`GET http://host/path`): one for a forward proxy."""
+
+    status = 421
+    error_type = "invalid_request_error"
+    code = "misdirected_request"
+
+
 class PayloadTooLarge(RouterError):
     status = 413
     error_type = "invalid_request_error"

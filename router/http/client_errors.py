@@ -92,7 +92,7 @@ class ClientErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             return
         kind = type(fault).__name__
         where = str(msg) % args if args else str(msg)  # aiohttp's words: whose request
-        level = logging.INFO if level > logging.DEBUG else logging.DEBUG
+        level = logging.WARNING if level > logging.DEBUG else logging.DEBUG
         line = "malformed request refused: %s: %s [%s]"
         self._limited.log(level, kind, line, kind, describe(fault), where)
 

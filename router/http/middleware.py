@@ -1,7 +1,7 @@
 """The app's middleware, outermost first: errors become OpenAI-shaped JSON, each request tells
-its connection's guard when it starts and ends (and is refused past the connection cap), paths
-with dot-segments are refused, then API keys name the tenant (a pass-through when no keys are
-configured)."""
+its connection's guard when it starts and ends (and is refused past the connection cap),
+HTTP/0.9, absolute-form targets and paths with dot-segments are refused, then API keys name
+the tenant (a pass-through when no keys are configured)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from urllib.parse import unquote
 import aiohttp
 from aiohttp import web
 
-from router.errors import BadRequest, NotFound, PayloadTooLarge, RouterError, TooManyConnections
+from router.errors import (
+    BadRequest,
+    Misdirected,
+    NotFound,
+    PayloadTooLarge,
+    RouterError,
+    TooManyConnections,
+)
 from router.http.auth import TENANT
 from router.http.common import ROOT, error_response, request_id_of
 
@@ -99,11 +106,24 @@ def has_dot_segment(raw_path: str) -> bool:
 
 
 @web.middleware
-async def plain_paths(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A path with dot-segments is refused, never forwarded: it passes the `proxy.prefixes`
-    check as sent, and a worker (or anything between) that resolves it would serve a path
-    outside them. Refused rather than normalised, so the router and the worker can never
-    disagree about which path was meant; no client library sends such paths."""
+async def plain_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request must be HTTP/1.x and its target a plain path. An absolute-form target (`GET http://host/`)
+    is what a client sends to a forward proxy: a 421, whatever the host, so the router never
+    looks like an open proxy. A path with dot-segments is refused, never forwarded: it passes
+    the `proxy.prefixes` check as sent, and a worker (or anything between) that resolves it
+    would serve a path outside them. Refused rather than normalised, so the router and the
+    worker can never disagree about which path was meant; no client library sends such
+    paths."""
+    if request.version < (1, 0):
+        raise BadRequest("HTTP/0.9 requests are not served: send HTTP/1.0 or HTTP/1.1")
+    target = request.raw_path
+    if not target.startswith("/"):
+        if "://" in target:
+            raise Misdirected(
+                "this router is a reverse proxy: send the path alone as the request target, "
+                "not an absolute URL"
+            )
+        raise BadRequest("the request target must be a path starting with '/'")
     raw_path = request.rel_url.raw_path
     if has_dot_segment(raw_path):
         raise BadRequest(
@@ -128,4 +148,4 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
 
 def middleware_stack() -> list[Callable[..., Awaitable[web.StreamResponse]]]:
     """The whole middleware order, outermost first."""
-    return [errors_to_json, client_limits, plain_paths, api_keys]
+    return [errors_to_json, client_limits, plain_requests, api_keys]

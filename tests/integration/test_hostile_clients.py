@@ -107,7 +107,6 @@ async def test_with_redis_state_a_tenant_or_session_that_is_not_utf8_never_reach
 DOT_SEGMENTS = [
     "/v1/../x", "/v1/%2e%2e/x", "/v1/%2E%2E%2Fadmin", "/v1/..%2fx", "/v1/..\\x", "/v1/./x",
     "/v1/x/..", "/v1/.%2e/metrics", "/v1/%252e%252e/x", "/v1/chat/completions/../../healthz",
-    "http://evil.example/v1/../x",
 ]  # fmt: skip
 
 
@@ -125,6 +124,19 @@ async def test_a_path_with_dot_segments_is_refused_with_a_400_and_never_forwarde
         plain = await send_raw(port, get("/v1/models/llama-3.1.Q4..gguf/x..y/...//z"))
         assert plain.status == 200
         assert worker.targets == [b"GET /v1/models/llama-3.1.Q4..gguf/x..y/...//z HTTP/1.1"]
+    assert tracebacks(caplog) == []
+
+
+async def test_an_absolute_form_target_is_a_421_whatever_its_host(router_in_process, caplog):
+    async with RecordingWorker() as worker, router_before(worker, router_in_process) as port:
+        for target in ("http://evil.example/v1/models", f"http://127.0.0.1:{port}/v1/chat",
+                       "http://evil.example/v1/../x"):  # fmt: skip
+            answer = await send_raw(port, get(target))
+            assert answer.status == 421, (target, answer.head)
+            assert answer.error()["code"] == "misdirected_request"
+        http09 = await send_raw(port, b"GET /v1/chat\r\n\r\n")
+        assert http09.status == 400 and "HTTP/0.9" in http09.error()["message"]
+        assert worker.requests == []
     assert tracebacks(caplog) == []
 
 
