@@ -34,7 +34,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from router.config import LimitSettings
 from router.http.client_errors import RateLimitedLog
@@ -53,7 +53,7 @@ class GuardedConnection(asyncio.Protocol):
     """One client connection: aiohttp's protocol inside, the head timer around it."""
 
     __slots__ = (
-        "_busy", "_guard", "_inner", "_pipelined", "_request", "_timer", "refused", "transport",
+        "_body", "_busy", "_guard", "_inner", "_pipelined", "_timer", "refused", "transport",
     )  # fmt: skip
 
     def __init__(self, guard: ClientGuard, inner: asyncio.Protocol) -> None:
@@ -61,8 +61,8 @@ class GuardedConnection(asyncio.Protocol):
         self._inner = inner
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._request: web.BaseRequest | None = None
-        self._busy = False
+        self._body: StreamReader | None = None  # the last request's (not the request: its
+        self._busy = False  # body, once read, would stay in memory while the connection idles)
         self._pipelined = False
         self.refused = False
 
@@ -74,8 +74,8 @@ class GuardedConnection(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        request = self._request
-        if request is None or request.content.is_eof():  # not the body of the last request
+        body = self._body
+        if body is None or body.is_eof():  # bytes of a new head, not of the last request's body
             if self._busy:
                 self._pipelined = True
             elif self._timer is None:
@@ -88,7 +88,8 @@ class GuardedConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._guard.left(self)
-        self._request = None
+        self._body = None
+        self.transport = None
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -100,7 +101,7 @@ class GuardedConnection(asyncio.Protocol):
     # -- requests (from the middleware) ----------------------------------------------------
     def request_started(self, request: web.BaseRequest) -> None:
         self._disarm()
-        self._request = request
+        self._body = request.content
         self._busy = True
         self._pipelined = False
 
