@@ -390,6 +390,18 @@ class LimitSettings(BaseModel):
     model_config = _STRICT
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_connections_per_worker: int = Field(default=0, ge=0, description="0 = unlimited")
+    header_timeout: PositiveSeconds = Field(
+        default=10.0, le=3600, description="a request head must be whole within this"
+    )
+    body_timeout: PositiveSeconds = Field(
+        default=60.0, le=3600, description="a request body must be whole within this"
+    )
+    keepalive_timeout: PositiveSeconds = Field(
+        default=75.0, le=86_400, description="an idle keep-alive connection is closed after this"
+    )
+    max_client_connections: int = Field(
+        default=8192, ge=0, description="open client connections; past it a 503; 0 = unlimited"
+    )
 
 
 class ProxySettings(BaseModel):

@@ -13,6 +13,8 @@ class RouterError(Exception):
     status = 500
     error_type = "server_error"
     code = "internal_error"
+    close_connection = False
+    """Whether the answer ends the client's connection (`Connection: close`)."""
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -35,10 +37,39 @@ class NotFound(RouterError):
     code = "not_found"
 
 
+class Misdirected(RouterError):
+    """An absolute-form request target (`GET http://host/path`): one for a forward proxy."""
+
+    status = 421
+    error_type = "invalid_request_error"
+    code = "misdirected_request"
+
+
 class PayloadTooLarge(RouterError):
     status = 413
     error_type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class RequestTimeout(RouterError):
+    """The client did not send its whole request body within `limits.body_timeout`."""
+
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+    close_connection = True
+
+
+class TooManyConnections(RouterError):
+    """The connection is one past `limits.max_client_connections`."""
+
+    status = 503
+    error_type = "server_error"
+    code = "too_many_connections"
+    close_connection = True
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
 class NoHealthyWorker(RouterError):

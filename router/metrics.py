@@ -92,6 +92,15 @@ class Metrics:
             f"{p}_rejected_total", "Requests answered by the router itself with an error.",
             ["code"], registry=r,
         )  # fmt: skip
+        self.client_connections = Gauge(
+            f"{p}_client_connections", "Client connections open now (refused ones included).",
+            registry=r,
+        )
+        self.client_timeouts = Counter(
+            f"{p}_client_timeouts_total",
+            "Client connections cut for slowness, by phase (header, body).",
+            ["phase"], registry=r,
+        )  # fmt: skip
         self.client_disconnects = Counter(
             f"{p}_client_disconnects_total",
             "Requests whose client went away; the upstream request was cancelled.",

@@ -23,6 +23,7 @@ from router.fleet.membership import Membership
 from router.fleet.passive import FailureCounts, PassiveHealth
 from router.fleet.workers import Worker, WorkerPool
 from router.http.auth import Authenticator
+from router.http.connections import ClientGuard
 from router.metrics import Metrics
 from router.orchestrator.access import open_warning
 from router.orchestrator.persist import Persister
@@ -92,6 +93,7 @@ class Router:
         self.extractor = key_extractor(settings)
         self.authenticator = Authenticator(settings.auth)
         self.trusted_proxies = TrustedProxies(settings.proxy.trusted_proxies)
+        self.clients = ClientGuard(settings.limits, metrics)
         self.upstream = UpstreamClient(
             connect_timeout=settings.timeouts.connect,
             max_per_worker=settings.limits.max_connections_per_worker,
@@ -174,6 +176,7 @@ class Router:
         self.extractor = key_extractor(settings)
         self.authenticator = Authenticator(settings.auth)
         self.trusted_proxies = TrustedProxies(settings.proxy.trusted_proxies)
+        self.clients.reconfigure(settings.limits)
         self.forwarder.reconfigure(settings.retries, settings.timeouts)
         self.tokenizer.reconfigure(settings.history.tokenizer)
         self.summarizer.reconfigure(settings.history.summary)

@@ -21,7 +21,9 @@ from aiohttp import web
 
 from router.config import Settings
 from router.http.app import build_admin_app, build_app
+from router.http.client_errors import ClientErrorLog
 from router.http.common import ROOT
+from router.http.connections import ClientSite
 from router.reload import Reloader
 from router.root import Router
 
@@ -50,15 +52,21 @@ async def running(settings: Settings, host: str, port: int) -> AsyncIterator[web
         handler_cancellation=True,
         shutdown_timeout=settings.shutdown_grace,
         access_log=None,
+        logger=ClientErrorLog(),  # a client's malformed request: one line, rate-limited
+        keepalive_timeout=settings.limits.keepalive_timeout,
     )
     await runner.setup()
     admin: web.AppRunner | None = None
     try:
-        site = web.TCPSite(runner, host, port, backlog=2048)
+        site = ClientSite(runner, root.clients, host, port, backlog=2048)
         await site.start()
         if settings.admin.token:
             admin = web.AppRunner(
-                build_admin_app(root), shutdown_timeout=ADMIN_SHUTDOWN_SECONDS, access_log=None
+                build_admin_app(root),
+                shutdown_timeout=ADMIN_SHUTDOWN_SECONDS,
+                access_log=None,
+                logger=ClientErrorLog(),
+                keepalive_timeout=settings.limits.keepalive_timeout,
             )
             await admin.setup()
             await web.TCPSite(admin, settings.admin.host, settings.admin.port).start()

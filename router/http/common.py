@@ -3,13 +3,15 @@ request id, and reading a bounded body."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 
-from router.errors import PayloadTooLarge, RouterError
+from router.errors import BadRequest, PayloadTooLarge, RequestTimeout, RouterError
+from router.http.client_errors import client_fault, describe
 
 if TYPE_CHECKING:
     from router.root import Router
@@ -33,15 +35,27 @@ def request_id_of(request: web.Request) -> str:
     return request.headers.get("x-request-id") or secrets.token_hex(8)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The whole body, within `limit` bytes (`limits.max_body_bytes`) and `timeout` seconds
+    from when the handler asks for it (`limits.body_timeout`); a 413 or a 408 otherwise."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(
             f"request body of {request.content_length} bytes is over the {limit}-byte limit "
             "(limits.max_body_bytes)"
         )
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        request.app[ROOT].metrics.client_timeouts.labels("body").inc()
+        raise RequestTimeout(
+            f"the request body did not arrive whole within {timeout}s (limits.body_timeout)"
+        ) from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(
             f"request body is over the {limit}-byte limit (limits.max_body_bytes)"
         ) from None
+    except web.RequestPayloadError as err:  # a broken chunked or compressed body
+        fault = client_fault(err)
+        what = describe(fault) if fault is not None else "it ended before its end"
+        raise BadRequest(f"request body is malformed: {what}") from None

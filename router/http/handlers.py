@@ -10,7 +10,7 @@ from router.errors import NoHealthyWorker
 from router.http.auth import TENANT
 from router.http.common import ROOT, json_response, read_body, request_id_of
 from router.http.models import list_models
-from router.placement.session import RequestView
+from router.placement.session import RequestView, query_values
 from router.proxy.forward import Outgoing
 from router.proxy.headers import upstream_headers
 
@@ -18,10 +18,12 @@ from router.proxy.headers import upstream_headers
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
     """Any request under a proxied prefix: extract its key, forward it unchanged."""
     root = request.app[ROOT]
-    body = await read_body(request, root.settings.limits.max_body_bytes)
+    limits = root.settings.limits
+    body = await read_body(request, limits.max_body_bytes, limits.body_timeout)
     request_id = request_id_of(request)
     extractor = root.extractor
-    view = RequestView(request.headers, request.query, body if extractor.needs_body else b"")
+    query = query_values(request.rel_url.raw_query_string)
+    view = RequestView(request.headers, query, body if extractor.needs_body else b"")
     key = extractor.extract(view, tenant=request.get(TENANT))
     headers = upstream_headers(
         request, request_id, trusted=root.trusted_proxies, drop_authorization=TENANT in request

@@ -1,15 +1,26 @@
-"""The app's middleware, outermost first: errors become OpenAI-shaped JSON, then API keys name
+"""The app's middleware, outermost first: errors become OpenAI-shaped JSON, each request tells
+its connection's guard when it starts and ends (and is refused past the connection cap),
+HTTP/0.9, absolute-form targets and paths with dot-segments are refused, then API keys name
 the tenant (a pass-through when no keys are configured)."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
 
-from router.errors import BadRequest, NotFound, PayloadTooLarge, RouterError
+from router.errors import (
+    BadRequest,
+    Misdirected,
+    NotFound,
+    PayloadTooLarge,
+    RouterError,
+    TooManyConnections,
+)
 from router.http.auth import TENANT
 from router.http.common import ROOT, error_response, request_id_of
 
@@ -28,7 +39,10 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
     except RouterError as err:
         if err.status >= 500:
             request.app[ROOT].metrics.rejected.labels(err.code).inc()
-        return error_response(err, request_id_of(request))
+        response = error_response(err, request_id_of(request))
+        if err.close_connection:
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -42,6 +56,81 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
         log.exception("unhandled error on %s %s", request.method, request.path)
         err = RouterError("internal router error; see the router log")
         return error_response(err, request_id_of(request))
+
+
+@web.middleware
+async def client_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tells the connection's guard (`router.http.connections`) that a request head came
+    whole and when its answer is done; a connection past `limits.max_client_connections` is
+    answered 503 and closed (`/healthz` is answered, and the connection closed too)."""
+    guard = request.app[ROOT].clients
+    conn = guard.of(request)
+    if conn is None:  # an app served without the guarded site
+        return await handler(request)
+    conn.request_started(request)
+    try:
+        if not conn.refused:
+            return await handler(request)
+        if request.path != "/healthz":
+            raise TooManyConnections(
+                f"the router has {guard.open} client connections open, over its limit of "
+                f"{guard.cap} (limits.max_client_connections); retry shortly"
+            )
+        response = await handler(request)
+        response.force_close()
+        return response
+    finally:
+        conn.request_finished()
+
+
+_SEGMENT_SEPARATORS = re.compile(r"[/\\]")
+_DECODINGS = 3
+
+
+def has_dot_segment(raw_path: str) -> bool:
+    """Whether the path, as sent or percent-decoded once or more, has a `.` or `..` segment,
+    with `/` or `\\` as separators: `/v1/../x`, `/v1/%2e%2e/x`, `/v1/..%2fx`, `/v1/..\\x`,
+    `/v1/./x`, `/v1/x/..`, `/v1/%252e%252e/x`. Dots inside a segment (`model.v2.gguf`) are
+    not dot-segments."""
+    path = raw_path
+    for _ in range(_DECODINGS):
+        if "." not in path and "%" not in path:
+            return False
+        if any(part in (".", "..") for part in _SEGMENT_SEPARATORS.split(path)):
+            return True
+        decoded = unquote(path, errors="surrogateescape")
+        if decoded == path:
+            return False
+        path = decoded
+    return any(part in (".", "..") for part in _SEGMENT_SEPARATORS.split(path))
+
+
+@web.middleware
+async def plain_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request must be HTTP/1.x and its target a plain path. An absolute-form target (`GET http://host/`)
+    is what a client sends to a forward proxy: a 421, whatever the host, so the router never
+    looks like an open proxy. A path with dot-segments is refused, never forwarded: it passes
+    the `proxy.prefixes` check as sent, and a worker (or anything between) that resolves it
+    would serve a path outside them. Refused rather than normalised, so the router and the
+    worker can never disagree about which path was meant; no client library sends such
+    paths."""
+    if request.version < (1, 0):
+        raise BadRequest("HTTP/0.9 requests are not served: send HTTP/1.0 or HTTP/1.1")
+    target = request.raw_path
+    if not target.startswith("/"):
+        if "://" in target:
+            raise Misdirected(
+                "this router is a reverse proxy: send the path alone as the request target, "
+                "not an absolute URL"
+            )
+        raise BadRequest("the request target must be a path starting with '/'")
+    raw_path = request.rel_url.raw_path
+    if has_dot_segment(raw_path):
+        raise BadRequest(
+            f"path {raw_path!r} has a '.' or '..' segment (also when percent-encoded or after "
+            "a backslash); send the path without dot-segments"
+        )
+    return await handler(request)
 
 
 @web.middleware
@@ -59,4 +148,4 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
 
 def middleware_stack() -> list[Callable[..., Awaitable[web.StreamResponse]]]:
     """The whole middleware order, outermost first."""
-    return [errors_to_json, api_keys]
+    return [errors_to_json, client_limits, plain_requests, api_keys]

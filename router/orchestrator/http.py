@@ -18,7 +18,12 @@ from router.http.common import ROOT, json_response, read_body, request_id_of
 from router.http.handlers import proxy_handler
 from router.orchestrator.access import history_tenant
 from router.orchestrator.history import Conversation
-from router.placement.session import MAX_SESSION_ID_LENGTH, RequestView, parse_json_body
+from router.placement.session import (
+    MAX_SESSION_ID_LENGTH,
+    RequestView,
+    parse_json_body,
+    query_values,
+)
 from router.proxy.forward import Outgoing
 from router.proxy.headers import upstream_headers
 
@@ -69,12 +74,13 @@ async def chat_handler(request: web.Request) -> web.StreamResponse:
         return await proxy_handler(request)
     tenant = tenant_for_history(request)
     root = request.app[ROOT]
-    body = await read_body(request, root.settings.limits.max_body_bytes)
+    limits = root.settings.limits
+    body = await read_body(request, limits.max_body_bytes, limits.body_timeout)
     document = parse_json_body(body)
     if not isinstance(document, dict):
         raise BadRequest("request body must be a JSON object")
     request_id = request_id_of(request)
-    view = RequestView(request.headers, request.query, body)
+    view = RequestView(request.headers, query_values(request.rel_url.raw_query_string), body)
     key = root.extractor.extract(view, document, tenant=tenant)
     headers = upstream_headers(
         request, request_id, trusted=root.trusted_proxies, drop_authorization=TENANT in request

@@ -2,6 +2,12 @@
 
 Sources are tried in the configured order; the JSON body is parsed only when a body field is a
 source and no earlier source answered, so most requests are routed without touching the body.
+
+Session ids and tenants must be UTF-8 text. aiohttp decodes header bytes as UTF-8 with
+`surrogateescape`, so a byte that is not UTF-8 (obs-text such as 0xff) arrives as a lone
+surrogate that cannot be hashed or stored; such a value is a 400 naming where it came from.
+The query string is decoded the same way here (`query_values`), not by yarl, which would turn
+every invalid byte into U+FFFD and so make distinct ids equal.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
+from multidict import MultiDict
 
 from router.config import PrefixAffinitySettings, SessionSettings
 from router.errors import BadRequest
@@ -47,6 +55,24 @@ class RequestView:
     headers: Mapping[str, str]
     query: Mapping[str, str]
     body: bytes = b""
+
+
+def query_values(raw_query: str) -> MultiDict[str]:
+    """The query string's parameters, percent-decoded as UTF-8 with `surrogateescape` (as
+    headers are), so a value that is not UTF-8 is caught by the session id check."""
+    if not raw_query:
+        return MultiDict()
+    return MultiDict(parse_qsl(raw_query, keep_blank_values=True, errors="surrogateescape"))
+
+
+def _utf8(text: str, what: str) -> str:
+    """`text`, when it is valid UTF-8 (no lone surrogate); else a 400 naming `what`."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(f"{what} is not valid UTF-8") from None
+    return text
 
 
 def parse_json_body(body: bytes) -> Any:
@@ -95,7 +121,7 @@ class KeyExtractor:
         if self._tenant_header:
             value = headers.get(self._tenant_header)
             if value:
-                return value
+                return _utf8(value, f"tenant header {self._tenant_header!r}")
         return self._default_tenant
 
     def extract(
@@ -140,7 +166,7 @@ class KeyExtractor:
 def _session_id(value: Any, kind: str, name: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise BadRequest(f"session id in {kind} {name!r} must be a string")
-    text = str(value)
+    text = _utf8(str(value), f"session id in {kind} {name!r}")
     if len(text) > MAX_SESSION_ID_LENGTH:
         raise BadRequest(
             f"session id in {kind} {name!r} is longer than {MAX_SESSION_ID_LENGTH} characters"

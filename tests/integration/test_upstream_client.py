@@ -12,9 +12,11 @@ from multidict import CIMultiDict
 
 from router.proxy.upstream import (
     HIGH_WATER,
+    MAX_HEAD_BYTES,
     BodyBroken,
     ClosedBeforeHead,
     ConnectFailed,
+    HeadTooLarge,
     ProtocolError,
     UpstreamClient,
 )
@@ -381,3 +383,45 @@ async def test_a_fresh_connection_closed_before_the_head_is_not_retried(client):
             await client.request(server.url, "GET", "/", CIMultiDict(), b"")
         assert counts(client, server.url) == (0, 0)
     assert server.connections == 1
+
+
+HUGE_HEADS = {
+    "one-long-header": ok(b"x", b"X-Big: " + b"a" * 200_000 + b"\r\n"),
+    "many-headers": ok(b"x", b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 60) for i in range(3000))),
+    "long-reason": b"HTTP/1.1 200 " + b"O" * 100_000 + b"\r\nContent-Length: 0\r\n\r\n",
+    "interim-heads": b"HTTP/1.1 100 Continue\r\n\r\n" * 5000 + ok(b"x"),
+}
+
+
+@pytest.mark.parametrize("raw", HUGE_HEADS.values(), ids=HUGE_HEADS)
+async def test_a_response_head_over_the_bound_is_a_protocol_error(client, raw):
+    async with scripted(answer(raw, hold_open=True)) as server:
+        with pytest.raises(HeadTooLarge, match=f"over {MAX_HEAD_BYTES} bytes"):
+            await client.request(server.url, "POST", "/", CIMultiDict(), b"x")
+        await asyncio.wait_for(server.closed.wait(), 5)  # the connection is dropped
+
+
+async def test_a_header_line_that_never_ends_fails_once_past_the_bound_not_at_the_timeout(
+    client,
+):
+    async def endless(reader, writer, server):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(100):  # up to 800 KiB, in pieces, never a line end
+            writer.write(b"z" * 8192)
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        await reader.read()
+
+    async with scripted(endless) as server:
+        with pytest.raises(HeadTooLarge):
+            await asyncio.wait_for(client.request(server.url, "GET", "/", CIMultiDict(), b""), 5)
+
+
+async def test_a_head_just_under_the_bound_is_accepted(client):
+    filler = b"X-Fill: " + b"f" * (MAX_HEAD_BYTES - 200) + b"\r\n"
+    async with scripted(answer(ok(b"fine", filler), hold_open=True)) as server:
+        response = await client.request(server.url, "GET", "/", CIMultiDict(), b"")
+        assert response.status == 200 and await response.read() == b"fine"
+        assert len(response.headers["x-fill"]) == MAX_HEAD_BYTES - 200
+        response.release()

@@ -26,10 +26,13 @@ def test_each_changed_key_is_named_with_whether_it_applies_live():
         listen="127.0.0.1:9999",
         routing={"policy": "bounded_load", "pins": {"ttl": 60}},
         store={"timeout": 1.0},
-        limits={"max_body_bytes": 4096},
+        limits={
+            "max_body_bytes": 4096, "header_timeout": 2, "body_timeout": 5,
+            "keepalive_timeout": 20, "max_client_connections": 100,
+        },
         auth={"keys": []},
         drain={"idle": 30},
-    )
+    )  # fmt: skip
     found = {c.key: c.live for c in changes(old, new)}
     assert found == {
         "listen": False,
@@ -37,6 +40,10 @@ def test_each_changed_key_is_named_with_whether_it_applies_live():
         "routing.pins.ttl": True,
         "store.timeout": False,
         "limits.max_body_bytes": False,
+        "limits.header_timeout": True,
+        "limits.body_timeout": True,
+        "limits.keepalive_timeout": False,
+        "limits.max_client_connections": True,
         "drain.idle": True,
     }
 
@@ -119,3 +126,18 @@ def test_a_first_admin_token_waits_for_a_restart_a_changed_or_removed_one_applie
     assert effective(with_token, other).admin.token == OTHER
     assert [c.live for c in changes(with_token, without)] == [True]
     assert effective(with_token, without).admin.token is None
+
+
+def test_check_config_marks_the_client_limits_live_or_restart(tmp_path: Path, capsys):
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(yaml.safe_dump(BASE))
+    limits = {"header_timeout": 2, "body_timeout": 5, "keepalive_timeout": 20,
+              "max_client_connections": 100}  # fmt: skip
+    new.write_text(yaml.safe_dump({**BASE, "limits": limits}))
+    assert main(["check-config", str(new), "--against", str(old)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "limits.header_timeout: 10.0 -> 2.0 [live]",
+        "limits.body_timeout: 60.0 -> 5.0 [live]",
+        "limits.keepalive_timeout: 75.0 -> 20.0 [restart]",
+        "limits.max_client_connections: 8192 -> 100 [live]",
+    ]

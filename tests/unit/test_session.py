@@ -2,7 +2,7 @@ import pytest
 
 from router.config import KeySource, SessionSettings
 from router.errors import BadRequest
-from router.placement.session import KeyExtractor, RequestView, RoutingKey
+from router.placement.session import KeyExtractor, RequestView, RoutingKey, query_values
 
 
 def extractor(*sources: KeySource, tenant_header: str | None = None) -> KeyExtractor:
@@ -73,3 +73,20 @@ def test_same_session_id_of_two_tenants_gives_two_keys():
     a = ex.extract(view({"s": "1", "x-tenant": "acme"}))
     b = ex.extract(view({"s": "1", "x-tenant": "globex"}))
     assert a.hash_key != b.hash_key
+
+
+def test_session_ids_and_tenants_must_be_utf8_text():
+    ex = extractor(KeySource(header="x-session-id"), tenant_header="x-tenant")
+    with pytest.raises(BadRequest, match="session id in header 'x-session-id' is not valid UTF-8"):
+        ex.extract(view({"x-session-id": b"a\xffb".decode("utf-8", "surrogateescape")}))
+    with pytest.raises(BadRequest, match="tenant header 'x-tenant' is not valid UTF-8"):
+        ex.extract(view({"x-session-id": "s", "x-tenant": "\udcc3"}))
+    assert ex.extract(view({"x-session-id": "café", "x-tenant": "ünï"})).hash_key == "ünï\x1fcafé"
+
+
+def test_query_values_keep_bytes_that_are_not_utf8_for_the_check():
+    query = query_values("session_id=a%ffb&session_id=second&x=caf%C3%A9+au+lait&empty=")
+    assert query["session_id"] == "a\udcffb" and query["x"] == "café au lait"
+    assert query["empty"] == "" and query_values("") == {}
+    with pytest.raises(BadRequest, match="query 'session_id' is not valid UTF-8"):
+        extractor(KeySource(query="session_id")).extract(view(query=query))

@@ -8,7 +8,8 @@ de-chunked when the worker used chunked encoding.
 
 Errors say where the exchange failed, which is what the retry decision needs:
 `ConnectFailed` (nothing was sent; `refused` when nothing listens), `ClosedBeforeHead` (the
-worker took the request and closed without a status line), `ProtocolError`, and
+worker took the request and closed without a status line), `ProtocolError` (including
+`HeadTooLarge`, a head over `MAX_HEAD_BYTES`), and
 `BodyBroken` (the body stopped short). Waiting for the head is bounded by the caller's
 timeout; waiting between body chunks by `idle`.
 
@@ -22,11 +23,12 @@ One job per module, each importing only the ones listed before it:
 """
 
 from router.proxy.upstream.client import UpstreamClient
-from router.proxy.upstream.connection import HIGH_WATER
+from router.proxy.upstream.connection import HIGH_WATER, MAX_HEAD_BYTES
 from router.proxy.upstream.errors import (
     BodyBroken,
     ClosedBeforeHead,
     ConnectFailed,
+    HeadTooLarge,
     ProtocolError,
     UpstreamFailure,
 )
@@ -37,9 +39,11 @@ from router.proxy.upstream.request import Origin, encode_request
 __all__ = [
     "HIGH_WATER",
     "IDLE_KEEPALIVE",
+    "MAX_HEAD_BYTES",
     "BodyBroken",
     "ClosedBeforeHead",
     "ConnectFailed",
+    "HeadTooLarge",
     "Origin",
     "ProtocolError",
     "Response",

@@ -3,7 +3,9 @@
 The connection knows nothing of any pool: it writes a request, parses the answer into a head and
 body chunks, and says through `state` whether it is idle, busy or gone. Reading pauses when
 more than `HIGH_WATER` bytes of body wait unread, and resumes when they are taken, so a slow
-reader never makes a stream buffer without bound.
+reader never makes a stream buffer without bound. A response head (interim 1xx heads
+included) over `MAX_HEAD_BYTES` is a protocol error: httptools itself has no bound, and would
+buffer a header line as long as the worker sends it.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from multidict import CIMultiDict
 from router.proxy.upstream.errors import (
     BodyBroken,
     ClosedBeforeHead,
+    HeadTooLarge,
     ProtocolError,
     UpstreamFailure,
 )
 from router.proxy.upstream.request import WIRE_TEXT
 
 HIGH_WATER = 256 * 1024
+MAX_HEAD_BYTES = 64 * 1024
+"""The most a response head may take: status line and headers, counted as on the wire."""
 
 
 class ConnectionState(enum.Enum):
@@ -64,6 +69,8 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._framed = True
         self._head_only = False
+        self._head_bytes = 0
+        self._unanswered = 0
         self.complete = False
         self.reusable = False
         self.error: UpstreamFailure | None = None
@@ -76,12 +83,24 @@ class Connection(asyncio.Protocol):
         if self.state is IDLE:  # nothing was asked: the worker is out of step (a 408 say)
             self.abort()
             return
+        head = self._head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(ProtocolError("worker switched protocols; not supported through the proxy"))
+            return
         except httptools.HttpParserError as err:
-            self._fail(ProtocolError(f"invalid HTTP response: {err}"))
+            if isinstance(err.__context__, HeadTooLarge):
+                self._fail(err.__context__)
+            else:
+                self._fail(ProtocolError(f"invalid HTTP response: {err}"))
+            return
+        if head is not None and not head.done():
+            # every byte so far belongs to a head (interim ones included): this bounds what
+            # httptools buffers of a header line that never ends
+            self._unanswered += len(data)
+            if self._unanswered > MAX_HEAD_BYTES:
+                self._fail(HeadTooLarge(f"response head over {MAX_HEAD_BYTES} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
@@ -101,7 +120,16 @@ class Connection(asyncio.Protocol):
             self._wake()
 
     # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._head_bytes += 17  # "HTTP/1.1 200 ", CRLF, and the blank line's CRLF
+
+    def on_status(self, reason: bytes) -> None:
+        self._head_bytes += len(reason)
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        if self._head_bytes > MAX_HEAD_BYTES:  # raised into the parser: feed_data stops
+            raise HeadTooLarge(f"response head over {MAX_HEAD_BYTES} bytes")
         self._headers.append((name.decode(*WIRE_TEXT), value.decode(*WIRE_TEXT)))
 
     def on_headers_complete(self) -> None:
@@ -111,6 +139,7 @@ class Connection(asyncio.Protocol):
             return
         headers = CIMultiDict(self._headers)
         self._headers = []
+        self._head_bytes = 0  # chunked trailers, if any, are held to the same bound
         self._framed = (
             "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
         )
@@ -151,6 +180,7 @@ class Connection(asyncio.Protocol):
         self.state = ACTIVE
         head = self._head = self._loop.create_future()
         self._head_only = head_only
+        self._head_bytes = self._unanswered = 0
         self.transport.write(request)
         try:
             return await head

@@ -24,5 +24,9 @@ class ProtocolError(UpstreamFailure):
     """The worker's answer is not valid HTTP/1.1."""
 
 
+class HeadTooLarge(ProtocolError):
+    """The worker's response head is over the client's bound (`MAX_HEAD_BYTES`)."""
+
+
 class BodyBroken(UpstreamFailure):
     """The response body stopped before its end (connection lost or garbled)."""
