@@ -27,7 +27,9 @@ def _authorized(request: web.Request) -> Router:
     if not token:
         raise NotFound(f"no route for {request.path} (the admin API is off: admin.token)")
     given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    if not hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()
+    ):
         raise Unauthorized("admin calls need 'Authorization: Bearer <admin.token>'")
     return root
 

@@ -36,7 +36,8 @@ class Authenticator:
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        digest = hashlib.sha256(key.strip().encode()).digest()
+        # a header byte that is not UTF-8 arrives surrogate-escaped: hash the bytes as sent
+        digest = hashlib.sha256(key.strip().encode("utf-8", "surrogateescape")).digest()
         found: str | None = None
         for expected, tenant in self._keys:
             if hmac.compare_digest(digest, expected):

@@ -75,6 +75,8 @@ def upstream_headers(
     headers = strip_hop_by_hop(request.headers)
     if drop_authorization:
         headers.popall("Authorization", None)
+    # the body forwarded is the one the server decoded: a client's gzip is not passed on
+    headers.popall("Content-Encoding", None)
     peer = request.remote or ""
     host = request.headers.get("Host")
     if trusted.trusts(peer):

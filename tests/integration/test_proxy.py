@@ -339,3 +339,37 @@ async def test_a_stream_longer_than_the_request_deadline_ends_with_a_timeout_eve
             text = await resp.text()
         assert time.perf_counter() - started < 3
     assert "event: error" in text and "upstream_timeout" in text and "[DONE]" not in text
+
+
+async def test_a_gzip_request_body_reaches_the_worker_decoded_without_its_encoding(
+    echo_upstream, router_in_process, http
+):
+    import gzip
+
+    body = b'{"model": "m", "messages": []}'
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    async with router_in_process(one_worker_settings(echo_upstream)) as url:
+        async with http.post(url + "/v1/x", data=gzip.compress(body), headers=headers) as resp:
+            assert resp.status == 200
+            seen = await resp.json()
+    assert seen["body"] == body.decode()
+    assert "content-encoding" not in {k.lower() for k in seen["headers"]}
+
+
+async def test_an_api_key_that_is_not_utf8_is_a_401_not_a_500(router_in_process, caplog):
+    import hashlib
+    import logging
+
+    from tests.raw_http import RecordingWorker, get, send_raw
+
+    auth = {"keys": [{"tenant": "t", "sha256": hashlib.sha256(b"good-key").hexdigest()}]}
+    async with RecordingWorker() as worker:
+        port = free_port()
+        raw = {"listen": f"127.0.0.1:{port}", "workers": [{"url": worker.url}], "auth": auth,
+               "load": {"enabled": False}}  # fmt: skip
+        async with router_in_process(parse_settings(raw, "test", env={})):
+            answer = await send_raw(port, get("/v1/chat", b"Authorization: Bearer \xff\xfe"))
+            good = await send_raw(port, get("/v1/chat", b"Authorization: Bearer good-key"))
+    assert answer.status == 401, answer.head
+    assert good.status == 200 and len(worker.requests) == 1
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
