@@ -88,7 +88,8 @@ async def test_with_redis_state_a_tenant_or_session_that_is_not_utf8_never_reach
 ):
     store = {"url": shared_redis_url, "key_prefix": redis_prefix}
     async with RecordingWorker() as worker, router_before(
-        worker, router_in_process, store=store, session={"tenant_header": "x-tenant"}
+        worker, router_in_process, store=store, session={"tenant_header": "x-tenant"},
+        history={"access": "open"},  # the tenant header names the tenant of stored history
     ) as port:
         sessions = await send_raw(port, get("/v1/sessions/s1", b"x-tenant: t\xff"))
         body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
