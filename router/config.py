@@ -100,11 +100,23 @@ def _default_sources() -> tuple[KeySource, ...]:
     )
 
 
+def _check_tenant(value: str) -> str:
+    if any(c < " " or c == "\x7f" for c in value):
+        raise ValueError(
+            f"a tenant name cannot hold control characters (routing keys use them to separate "
+            f"the tenant from the session id), got {value!r}"
+        )
+    return value
+
+
+TenantName = Annotated[str, Field(min_length=1), AfterValidator(_check_tenant)]
+
+
 class SessionSettings(BaseModel):
     model_config = _STRICT
     sources: tuple[KeySource, ...] = Field(default_factory=_default_sources)
     tenant_header: str | None = None
-    default_tenant: str = Field(default="default", min_length=1)
+    default_tenant: TenantName = "default"
 
 
 class PassiveHealthSettings(BaseModel):
@@ -551,7 +563,7 @@ class ApiKeySettings(BaseModel):
     """One API key, kept as the SHA-256 hex digest of the key, and the tenant it belongs to."""
 
     model_config = _STRICT
-    tenant: str = Field(min_length=1)
+    tenant: TenantName
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 

@@ -163,3 +163,16 @@ def test_the_admin_api_listens_on_loopback_by_default_and_never_on_the_public_ad
         parse_settings(same, env={})
     with pytest.raises(ConfigError, match=r"admin\.listen"):
         parse_settings({"workers": workers, "admin": {"listen": "nowhere"}}, env={})
+
+
+@pytest.mark.parametrize("section", ["session", "auth"])
+def test_a_tenant_name_with_a_control_character_is_rejected(section):
+    """Ring keys are tenant + \\x1f + session id: tenant `a` with session `b\\x1fc` had the
+    ring key of tenant `a\\x1fb` with session `c`."""
+    raw = {"session": {"default_tenant": "a\x1fb"}} if section == "session" else (
+        {"auth": {"keys": [{"tenant": "a\x1fb", "sha256": "0" * 64}]}}
+    )  # fmt: skip
+    where = "session.default_tenant" if section == "session" else "auth.keys.0.tenant"
+    with pytest.raises(ConfigError, match=rf"{where}: .*cannot hold control characters"):
+        parse_settings({**ONE_WORKER, **raw})
+    assert parse_settings({**ONE_WORKER, "session": {"default_tenant": "acme corp"}})
