@@ -720,6 +720,8 @@ def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settin
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read configuration {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"configuration {path} is not UTF-8 text: {err}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -176,3 +176,10 @@ def test_a_tenant_name_with_a_control_character_is_rejected(section):
     with pytest.raises(ConfigError, match=rf"{where}: .*cannot hold control characters"):
         parse_settings({**ONE_WORKER, **raw})
     assert parse_settings({**ONE_WORKER, "session": {"default_tenant": "acme corp"}})
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "router.yaml"
+    path.write_bytes(b"listen: 127.0.0.1:8080\nworkers: [{url: 'http://h:1', name: caf\xe9}]\n")
+    with pytest.raises(ConfigError, match=r"\.yaml is not UTF-8 text: .*0xe9 in position 62"):
+        load_settings(path, env={})
