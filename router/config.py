@@ -726,6 +726,8 @@ def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settin
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"invalid YAML in {path}: {err}") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise ConfigError(f"invalid YAML in {path}: nested too deeply to parse") from None
     return parse_settings(raw, str(path), dict(os.environ) if env is None else env)
 
 

@@ -183,3 +183,10 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path):
     path.write_bytes(b"listen: 127.0.0.1:8080\nworkers: [{url: 'http://h:1', name: caf\xe9}]\n")
     with pytest.raises(ConfigError, match=r"\.yaml is not UTF-8 text: .*0xe9 in position 62"):
         load_settings(path, env={})
+
+
+def test_yaml_nested_past_the_parsers_recursion_is_a_config_error(tmp_path):
+    path = tmp_path / "router.yaml"
+    path.write_text("workers: " + "[" * 3000)
+    with pytest.raises(ConfigError, match=r"invalid YAML in .*router\.yaml: nested too deeply"):
+        load_settings(path, env={})
