@@ -688,10 +688,21 @@ def _apply_env(raw: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     return merged
 
 
+def _key(part: str | int) -> str:
+    """One step of a key path as the message shows it: quoted when it could be misread (empty,
+    holding a dot, a colon or a line break, or blank at either end)."""
+    text = str(part)
+    if isinstance(part, str) and (
+        not text or not text.isprintable() or "." in text or ":" in text or text != text.strip()
+    ):
+        return repr(text)
+    return text
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for item in err.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        where = ".".join(_key(p) for p in item["loc"]) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"

@@ -190,3 +190,18 @@ def test_yaml_nested_past_the_parsers_recursion_is_a_config_error(tmp_path):
     path.write_text("workers: " + "[" * 3000)
     with pytest.raises(ConfigError, match=r"invalid YAML in .*router\.yaml: nested too deeply"):
         load_settings(path, env={})
+
+
+def test_an_unknown_key_that_could_be_misread_is_quoted():
+    """`health.interval:` written at the top level is one unknown key, not `interval` under
+    `health`; an empty key is not the top level; a line break does not split the message."""
+    cases = [
+        ({"health.interval": 2}, "  'health.interval': unknown key"),
+        ({"": 1}, "  '': unknown key"),
+        ({"health": {"a\nb": 1}}, "  health.'a\\nb': unknown key"),
+        ({"health": {"intervall": 1}}, "  health.intervall: unknown key"),
+    ]
+    for raw, line in cases:
+        with pytest.raises(ConfigError) as caught:
+            parse_settings({**ONE_WORKER, **raw})
+        assert str(caught.value).splitlines()[1:] == [line]
