@@ -683,8 +683,9 @@ def _apply_env(raw: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
         merged["listen"] = listen
     if workers := env.get("KVROUTER_WORKERS"):
         merged["workers"] = [{"url": u.strip()} for u in workers.split(",") if u.strip()]
-    if token := env.get("KVROUTER_ADMIN_TOKEN"):
-        merged["admin"] = {**merged.get("admin", {}), "token": token}
+    admin = merged.get("admin")
+    if (token := env.get("KVROUTER_ADMIN_TOKEN")) and (admin is None or isinstance(admin, dict)):
+        merged["admin"] = {**(admin or {}), "token": token}  # else validation names `admin`
     return merged
 
 

@@ -205,3 +205,12 @@ def test_an_unknown_key_that_could_be_misread_is_quoted():
         with pytest.raises(ConfigError) as caught:
             parse_settings({**ONE_WORKER, **raw})
         assert str(caught.value).splitlines()[1:] == [line]
+
+
+def test_admin_token_from_the_environment_fills_an_empty_admin_section():
+    """`admin:` with its keys commented out is null in YAML; the token override raised a
+    TypeError on it."""
+    token = {"KVROUTER_ADMIN_TOKEN": "t" * 20}
+    assert parse_settings({**ONE_WORKER, "admin": None}, env=token).admin.token == "t" * 20
+    with pytest.raises(ConfigError, match=r"admin: Input should be a valid dictionary"):
+        parse_settings({**ONE_WORKER, "admin": 5}, env=token)
