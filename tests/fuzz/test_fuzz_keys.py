@@ -4,8 +4,9 @@ client sends, extraction gives a key the ring and the store can use, or a 400.
 Header values are generated the way aiohttp hands them to the router: the bytes its parser
 lets through (tab, printable ASCII, and any byte from 0x80 up), stripped of surrounding
 blanks and decoded as UTF-8 with `surrogateescape`, so bytes that are not UTF-8 arrive as lone
-surrogates. Query values are text (yarl replaces bytes that are not UTF-8). Bodies are JSON
-documents of any shape, huge strings, or bytes that are not JSON at all.
+surrogates. Query strings are raw, with percent-escapes of any bytes, read through the
+handlers' own `query_values`. Bodies are JSON documents of any shape, huge strings, or bytes
+that are not JSON at all.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from router.placement.session import (
     KeyExtractor,
     RequestView,
     RoutingKey,
+    query_values,
 )
 from router.store.keys import session_base, session_keys
 
@@ -52,7 +54,22 @@ header_values = st.one_of(
     st.sampled_from([b"abc", b"caf\xc3\xa9", b"\xff\xfe", b"\xed\xa0\x80", b"a" * 300]),
 ).map(_as_aiohttp_gives)
 
-# Text as JSON or a query string carries it: anything but lone surrogates.
+# A raw query string as the handlers read it (decoded by `query_values`): parameters whose
+# values are text, percent-escapes of any bytes (UTF-8 or not), and stray separators.
+query_pieces = st.one_of(
+    st.text(max_size=10),
+    st.binary(min_size=1, max_size=6).map(lambda b: "".join(f"%{x:02X}" for x in b)),
+    st.sampled_from(["&", "=", "+", ";", "%", "%e", "%C3%A9", "%ff", "s" * 300]),
+)
+query_parameters = st.tuples(
+    st.sampled_from([QUERY, "other", ""]), st.lists(query_pieces, max_size=4).map("".join)
+).map("=".join)
+raw_queries = st.one_of(
+    st.lists(query_parameters, max_size=3).map("&".join),
+    st.lists(query_pieces, max_size=6).map("".join),
+)
+
+# Text as JSON carries it: anything but lone surrogates.
 texts = st.one_of(
     st.text(max_size=30),
     st.integers(0, 600).map(lambda n: "s" * n),  # around MAX_SESSION_ID_LENGTH
@@ -153,11 +170,8 @@ def requests(draw: st.DrawFn) -> RequestView:
         headers.add(name, draw(header_values))
     if draw(st.booleans()):
         headers.add("Cookie", draw(_cookie_header()))
-    query: MultiDict[str] = MultiDict()
-    for name in draw(st.lists(st.sampled_from([QUERY, "other"]), max_size=3)):
-        query.add(name, draw(texts))
     body = draw(bodies)
-    return RequestView(CIMultiDictProxy(headers), MultiDictProxy(query), body)
+    return RequestView(CIMultiDictProxy(headers), query_values(draw(raw_queries)), body)
 
 
 source_lists = st.lists(
