@@ -1,16 +1,20 @@
 """Server-sent events split out of a byte stream that may be cut anywhere.
 
 The one parser the relay's taps share (usage sniffing, reply collection): complete events come
-out as they close (`\\n\\n`), an unfinished one waits for the next chunk, and an event that grows
-past `MAX_PENDING` without closing is dropped rather than buffered without bound.
+out as they close (a blank line: `\\n\\n`, or `\\r\\n\\r\\n` as servers built on sse-starlette
+frame them, the boundaries the transcript also takes), an unfinished one waits for the next
+chunk, and an event that grows past `MAX_PENDING` without closing is dropped rather than
+buffered without bound.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 MAX_PENDING = 64 * 1024
 DONE = b"[DONE]"
+_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n")
 
 
 class EventSplitter:
@@ -26,7 +30,8 @@ class EventSplitter:
         return bool(self._pending)
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        events = (self._pending + chunk).split(b"\n\n") if self._pending else chunk.split(b"\n\n")
+        data = self._pending + chunk if self._pending else chunk
+        events = _BOUNDARY.split(data) if b"\r\n\r\n" in data else data.split(b"\n\n")
         tail = events.pop()
         self._pending = tail if len(tail) <= MAX_PENDING else b""
         return events
