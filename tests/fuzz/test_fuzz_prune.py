@@ -128,9 +128,12 @@ def cases(draw: st.DrawFn) -> Case:
     entries = sum(len(t.messages) + (t.reply is not None) for t in turns)
     first_index = draw(st.integers(0, 5))
     summary = draw(texts) if draw(st.integers(0, 2)) == 0 else None
-    through = -1
+    through = -1  # the summary covers the first k turns, or stops inside one
     if summary is not None and entries:
-        through = first_index + draw(st.integers(-1, entries - 1))
+        sizes = [len(t.messages) + (t.reply is not None) for t in turns]
+        at_turn = st.integers(0, len(turns)).map(lambda k: first_index + sum(sizes[:k]) - 1)
+        through = draw(st.one_of(at_turn, st.integers(-1, entries - 1).map(
+            lambda i: first_index + i)))  # fmt: skip
     new = draw(st.lists(message(NEW_ROLES), min_size=1, max_size=3))
     document: dict[str, Any] = {"model": "m", "messages": new, "stream": draw(st.booleans())}
     max_tokens = draw(st.one_of(st.integers(1, 64), st.integers(1, 4000)))
@@ -311,6 +314,7 @@ def test_the_prompt_is_system_summary_newest_whole_turns_then_the_new_messages(
     event(f"bound: {case.bound}")
     event(f"turns: {'all' if len(kept) == len(sendable) else 'some' if kept else 'none'} sent")
     event(f"summary: {'none' if summary is None else 'sent' if summarised else 'left out'}")
+    event(f"turns summarised: {len(conversation.folded)}")
     assert kept == sendable[len(sendable) - len(kept) :]
     assert middle == [raw for _, entries in kept for raw in entries]
 
