@@ -19,6 +19,7 @@ import orjson
 from router.proxy.sse import DONE, EventSplitter, data_of
 
 SSE_DONE = b"data: [DONE]\n\n"
+SSE_DONE_CRLF = b"data: [DONE]\r\n\r\n"
 EVENT_STREAM = "text/event-stream"
 
 
@@ -53,9 +54,10 @@ class ReplyCollector:
             return chunk
         for event in self._events.feed(chunk):
             self._read_event(event)
-        if chunk.endswith(SSE_DONE):
-            self._held = SSE_DONE
-            return chunk[: -len(SSE_DONE)]
+        for done in (SSE_DONE, SSE_DONE_CRLF):
+            if chunk.endswith(done):
+                self._held = done
+                return chunk[: -len(done)]
         return chunk
 
     async def finish(self) -> bytes:

@@ -99,3 +99,22 @@ async def test_llama_cpp_replies_give_their_message_streamed_or_not():
     await whole.finish()
     assert whole.message() == {"role": "assistant",
                                "content": " hosting rehab disk wonderrities Parties"}  # fmt: skip
+
+
+async def test_the_final_done_is_held_back_until_the_reply_is_handed_on_lf_or_crlf_framed():
+    for crlf in (False, True):
+        body = sse("Hi")
+        if crlf:
+            body = body.replace(b"\n\n", b"\r\n\r\n")
+        stored: list[object] = []
+
+        async def keep(message: object, stored: list[object] = stored) -> None:
+            stored.append(message)
+
+        collector = ReplyCollector(keep)
+        collector.start(200, "text/event-stream")
+        sent = collector.feed(body)
+        assert b"[DONE]" not in sent and stored == []
+        held = await collector.finish()
+        assert held.startswith(b"data: [DONE]")
+        assert stored == [{"role": "assistant", "content": "Hi"}]
