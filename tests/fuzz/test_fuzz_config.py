@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, get_args, get_origin
+from unittest.mock import patch
 
 import pytest
 import yaml
@@ -268,9 +270,12 @@ def test_any_file_loads_or_is_a_config_error(
     tmp_path_factory: pytest.TempPathFactory, raw: str | bytes
 ) -> None:
     """Text that is not YAML, bytes that are not UTF-8, nesting past the parser's recursion."""
-    loaded = _load(_write(tmp_path_factory.getbasetemp(), raw))
+    file = _write(tmp_path_factory.getbasetemp(), raw)
+    loaded = _load(file)
     if isinstance(loaded, Settings):
         _round_trips(loaded)
+    else:
+        assert str(file) in str(loaded)  # every refusal names the file
 
 
 @settings(max_examples=40)  # each runs the whole command: parse, validate, dump
@@ -283,7 +288,8 @@ def test_check_config_exits_0_or_2_with_the_error_alone(
     file = _write(tmp_path_factory.getbasetemp(), raw)
     loaded = _load(file)
     out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KVROUTER_")}
+    with patch.dict(os.environ, clean, clear=True), redirect_stdout(out), redirect_stderr(err):
         code = cli.main(["check-config", str(file)])
     if isinstance(loaded, Settings):
         assert code == 0 and err.getvalue() == ""
