@@ -91,6 +91,18 @@ def get(path: str, *headers: bytes, method: bytes = b"GET") -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request off a raw connection: its head (returned) and its body (read and dropped,
+    by Content-Length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+            if length:
+                await reader.readexactly(length)
+    return head
+
+
 @dataclass
 class RecordingWorker:
     """A worker as a raw asyncio server: answers `GET /health` and `/metrics`, records the
@@ -123,13 +135,7 @@ class RecordingWorker:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                if length:
-                    await reader.readexactly(length)
+                head = await read_request(reader)
                 if head.startswith((b"GET /health ", b"GET /metrics ")):
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 else:

@@ -5,7 +5,7 @@ lookup is reported without ever publishing an empty list."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,31 +16,10 @@ from router.errors import ConfigError
 from router.fleet.discovery.base import Member
 from router.fleet.discovery.dns import DnsSource
 from tests.dns_zone import stop
+from tests.waiting import RecordingSink, until
 
 NAME = "vllm.test"
 SRV_NAME = "_http._tcp.vllm.test"
-
-
-class Recorder:
-    """A sink that keeps everything it is told."""
-
-    def __init__(self) -> None:
-        self.published: list[list[Member]] = []
-        self.failures: list[str] = []
-
-    def publish(self, members: Sequence[Member]) -> None:
-        self.published.append(list(members))
-
-    def failed(self, reason: str) -> None:
-        self.failures.append(reason)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 def settings(nameserver: str, **fields: Any) -> DnsDiscoverySettings:
@@ -49,9 +28,9 @@ def settings(nameserver: str, **fields: Any) -> DnsDiscoverySettings:
 
 
 @asynccontextmanager
-async def running(source: DnsSource) -> AsyncIterator[Recorder]:
+async def running(source: DnsSource) -> AsyncIterator[RecordingSink]:
     """The source's `run` as a task for the block; it must still be running at the end."""
-    sink = Recorder()
+    sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
         yield sink

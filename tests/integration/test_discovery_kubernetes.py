@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,35 +32,9 @@ from tests.kube_api import (
     fixture,
     kubeconfig,
 )
+from tests.waiting import RecordingSink, until
 
 pytestmark = pytest.mark.timeout(30)
-
-class Recorder:
-    """A sink that keeps every call."""
-
-    def __init__(self) -> None:
-        self.published: list[list[Member]] = []
-        self.failures: list[str] = []
-
-    def publish(self, members: Sequence[Member]) -> None:
-        self.published.append(list(members))
-
-    def failed(self, reason: str) -> None:
-        self.failures.append(reason)
-
-    @property
-    def latest(self) -> dict[str, Member]:
-        return {m.name: m for m in self.published[-1]} if self.published else {}
-
-
-async def until(check: Callable[[], object], what: str, timeout: float = 3.0) -> None:
-    """Wait until `check()` is true; fail naming `what` after `timeout` seconds."""
-    for _ in range(int(timeout / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not reached within {timeout:g}s: {what}")
-
 
 @pytest.fixture
 async def api() -> AsyncIterator[FakeApiServer]:
@@ -88,9 +62,9 @@ def settings(api: FakeApiServer, tmp_path: Path) -> Callable[..., KubernetesDisc
 
 
 @asynccontextmanager
-async def running(settings: KubernetesDiscoverySettings) -> AsyncIterator[Recorder]:
+async def running(settings: KubernetesDiscoverySettings) -> AsyncIterator[RecordingSink]:
     """The source running against the fake server, with a short backoff."""
-    sink = Recorder()
+    sink = RecordingSink()
     source = KubernetesSource(settings, "vllm", retry_base=0.05, retry_cap=0.2)
     task = asyncio.create_task(source.run(sink))
     try:
@@ -101,7 +75,7 @@ async def running(settings: KubernetesDiscoverySettings) -> AsyncIterator[Record
             await task
 
 
-def urls(sink: Recorder) -> dict[str, tuple[str, bool]]:
+def urls(sink: RecordingSink) -> dict[str, tuple[str, bool]]:
     return {name: (m.url, m.ready) for name, m in sink.latest.items()}
 
 

@@ -19,6 +19,7 @@ from router.root import Router
 from router.server import running
 from router.tooling.launch import free_port
 from tests.conftest import FAST_HEALTH, counted
+from tests.raw_http import read_request
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +48,7 @@ class FaultyWorker:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                if length:
-                    await reader.readexactly(length)
+                head = await read_request(reader)
                 if head.startswith(b"GET /health"):
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     await writer.drain()

@@ -15,6 +15,7 @@ from router.fleet.load import LoadMonitor, Loads
 from router.fleet.workers import Worker, WorkerPool, WorkerState
 from router.metrics import Metrics
 from tests.conftest import serving
+from tests.waiting import until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "metrics"
 
@@ -46,14 +47,6 @@ async def monitor_for(url: str, engine: str, **load: float):
         pool, loads, settings, lambda w: metric_names(w.engine), session, metrics
     )
     return pool, loads, metrics, session, monitor
-
-
-async def until(predicate, timeout: float = 3.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_each_engine_is_read_by_its_own_metric_names():
