@@ -15,6 +15,7 @@ import aiohttp
 
 from router.config import Settings
 from router.fleet.discovery import build_source
+from router.fleet.discovery.static import static_members
 from router.fleet.drain import Drains
 from router.fleet.engines import MetricNames, metric_names
 from router.fleet.health import HealthChecker
@@ -73,7 +74,7 @@ class Router:
         self.settings = settings
         self.stopping = False
         self.metrics = metrics = Metrics(settings.metrics.prefix)
-        self.pool = pool = WorkerPool.from_settings(settings.workers, settings.engine)
+        self.pool = pool = WorkerPool()
         self.failures = FailureCounts()
         self.passive = PassiveHealth(
             pool, settings.health.passive, metrics, failures=self.failures
@@ -83,6 +84,8 @@ class Router:
         )
         self.drains = Drains(pool, settings.drain, metrics)
         self.membership = Membership(pool, self.drains, metrics, settings.engine)
+        # the static list is in the pool from the start, through the one membership path
+        self.membership.apply(static_members(settings.workers, settings.engine))
         self.loads = Loads(settings.load, settings.routing.saturation)
         self.balancer = Balancer(pool, settings.routing, loads=self.loads)
         self.placement = Placement(

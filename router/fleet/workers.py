@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from router.config import WorkerSettings
-
 
 class WorkerState(enum.StrEnum):
     """What health checks say. Draining is apart from it (`Worker.draining`): a draining
@@ -109,15 +107,6 @@ class WorkerPool:
         self._changed = False
         for worker in workers:
             self._workers[worker.name] = worker
-
-    @classmethod
-    def from_settings(
-        cls, settings: Iterable[WorkerSettings], default_engine: str = "vllm"
-    ) -> WorkerPool:
-        return cls(
-            Worker(s.display_name, s.url, s.weight, engine=s.engine or default_engine)
-            for s in settings
-        )
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(self._workers.values())
