@@ -256,20 +256,18 @@ class Placement:
         if decision.rehomed is not None:
             self._metrics.rehomed.labels(decision.rehomed.value).inc()
         if hash_key is not None and self._keyed:
-            self._note_served(key, hash_key, decision.worker)
+            worker = decision.worker
+            if self._note_served(key, hash_key, worker):
+                await self._write("served", self._served.write(key, worker.name))
         if self._pins and key.session is not None:
             await self._record(key, decision, pinned)
         return decision
 
-    def _note_served(self, key: RoutingKey, hash_key: str, worker: Worker) -> None:
+    def _note_served(self, key: RoutingKey, hash_key: str, worker: Worker) -> bool:
+        """Note the worker this keyed request goes to; True when the shared record is due."""
         now = self._clock()
         self._pool.placed_keyed(worker, now)
-        if self._served.note(key, hash_key, worker.name, now):
-            task = asyncio.get_running_loop().create_task(
-                self._guarded("served", self._served.write(key, worker.name))
-            )
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+        return self._served.note(key, hash_key, worker.name, now)
 
     async def _existing(self, key: RoutingKey, hash_key: str) -> str | None:
         """The draining worker that served this session within `drain.idle`, while its drain
