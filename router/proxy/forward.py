@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -270,9 +270,7 @@ class StreamResumer:
         """The continuation's head from the next worker that can continue it."""
         forwarder, document = self._forwarder, self._document
         unable = [w.name for w in forwarder._pool if w.engine not in RESUMING_ENGINES]
-        out = Outgoing(
-            self._out.method, self._out.path_qs, self._out.headers, self._out.body,
-            self._out.request_id, self._out.key,
-            body_for=lambda worker: continuation_body(document, relayed, worker.engine),
-        )  # fmt: skip
+        out = replace(
+            self._out, body_for=lambda worker: continuation_body(document, relayed, worker.engine)
+        )
         return await forwarder.open(out, self._deadline, avoid=[*self._failed, *unable])
