@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from router.fleet.discovery.base import Member, Source
 from router.fleet.drain import Drains
@@ -48,14 +48,7 @@ class DiscoveryStatus:
     last_success: float | None = None  # Unix time
 
     def describe(self) -> dict[str, object]:
-        return {
-            "source": self.source,
-            "ok": self.ok,
-            "lists": self.lists,
-            "last_error": self.last_error,
-            "failing_since": self.failing_since,
-            "last_success": self.last_success,
-        }
+        return asdict(self)
 
 
 class Membership:
