@@ -532,6 +532,70 @@ class SummarySettings(BaseModel):
     )
 
 
+RecallPosition = Literal["before_last", "after_system"]
+
+
+class RecallSettings(BaseModel):
+    """Semantic recall: pruned turns are embedded in the background, and each turn brings
+    back the few most similar ones (see docs/recall.md)."""
+
+    model_config = _STRICT
+    enabled: bool = False
+    url: str | None = Field(
+        default=None, description="the OpenAI-compatible embeddings endpoint, e.g. "
+        "http://embed:8000/v1/embeddings (vLLM, TEI)",
+    )  # fmt: skip
+    model: str | None = Field(default=None, description="the embedding model to ask for")
+    max_connections: int = Field(default=8, ge=1, description="to the embeddings endpoint")
+    timeout: PositiveSeconds = Field(default=10.0, description="one background batch call")
+    query_timeout: PositiveSeconds = Field(
+        default=0.15, description="embedding the new message on the request path; past it, "
+        "no recall for that turn",
+    )  # fmt: skip
+    batch_size: int = Field(default=32, ge=1, le=2048, description="turns per embedding call")
+    batch_wait: float = Field(
+        default=0.02, ge=0, le=5, description="seconds a batch waits for more turns"
+    )
+    attempts: int = Field(default=3, ge=1, le=10, description="tries of one batch call")
+    queue_size: int = Field(
+        default=10_000, ge=1, description="turns waiting to be embedded; past it, counted lost"
+    )
+    max_input_chars: int = Field(
+        default=4000, ge=16, description="a turn's text is cut to this many characters"
+    )
+    top_k: int = Field(default=3, ge=1, le=64)
+    min_similarity: float = Field(
+        default=0.5, ge=-1.0, le=1.0, description="cosine similarity a turn needs to be "
+        "recalled; depends on the embedding model",
+    )  # fmt: skip
+    max_tokens: int = Field(
+        default=512, ge=1, description="recall token budget, taken from the prompt budget"
+    )
+    position: RecallPosition = "before_last"
+    max_vectors: int = Field(default=1000, ge=1, description="per session; oldest dropped")
+    cache_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=0, description="vectors kept in this process between "
+        "turns of a session (0: read them whole every turn)",
+    )  # fmt: skip
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s) URL of the embeddings endpoint, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _endpoint_when_enabled(self) -> RecallSettings:
+        if self.enabled and (not self.url or not self.model):
+            missing = " and ".join(k for k in ("url", "model") if not getattr(self, k))
+            raise ValueError(f"enabled: recall needs {missing} of the embeddings endpoint")
+        return self
+
+
 HistoryAccess = Literal["off", "open", "keys"]
 
 
@@ -557,6 +621,7 @@ class HistorySettings(BaseModel):
     default_max_tokens: int = Field(default=512, ge=1, description="reserved when unset")
     tokenizer: TokenizerSettings = TokenizerSettings()
     summary: SummarySettings = SummarySettings()
+    recall: RecallSettings = RecallSettings()
 
 
 class ApiKeySettings(BaseModel):

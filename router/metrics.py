@@ -174,6 +174,40 @@ class Metrics:
             "recently used first, to stay within store.max_sessions and store.max_pins.",
             ["kind"], registry=r,
         )  # fmt: skip
+        # Semantic recall of pruned turns (router.orchestrator.recall).
+        self.recall_embeddings = Counter(
+            f"{p}_recall_embeddings_total",
+            "Texts sent to the embeddings endpoint, by kind (turn: a pruned turn, in the "
+            "background; query: a new message, on the request path).",
+            ["kind"], registry=r,
+        )  # fmt: skip
+        self.recall_embedding_failures = Counter(
+            f"{p}_recall_embedding_failures_total",
+            "Texts left without an embedding, by kind and reason (timeout, error, full: no "
+            "room in the session, queue_full, store: could not be stored, shutdown).",
+            ["kind", "reason"], registry=r,
+        )  # fmt: skip
+        self.recall_embedding_seconds = Histogram(
+            f"{p}_recall_embedding_seconds",
+            "Calls to the embeddings endpoint that succeeded, by kind (turn, query).",
+            ["kind"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.recall_seconds = Histogram(
+            f"{p}_recall_seconds",
+            "Recall on one turn, the embedding call excluded: reading the session's vectors, "
+            "scoring them and choosing the turns.",
+            buckets=STORE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.recalled_turns = Histogram(
+            f"{p}_recall_turns",
+            "Turns brought back into the prompt, per request with recall on.",
+            buckets=(0, 1, 2, 3, 4, 6, 8, 16, 32, 64), registry=r,
+        )  # fmt: skip
+        self.recalled_tokens = Histogram(
+            f"{p}_recall_tokens",
+            "Tokens of the recall message, per request with recall on (0: none).",
+            buckets=(0, 64, 128, 256, 512, 1024, 2048, 4096, 8192), registry=r,
+        )  # fmt: skip
         self.tokenizer_fallbacks = Counter(
             f"{p}_tokenizer_fallbacks_total",
             "Messages counted by the declared estimate because the tokenizer failed.",

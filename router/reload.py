@@ -4,12 +4,13 @@ reload itself (on SIGHUP).
 Most of `router.yaml` applies to a running router without dropping a connection: workers and
 discovery (through the membership: new workers join with slow start, removed ones drain),
 weights, engines, the policy and its knobs, health, load, retries, timeouts, drain, session
-keys, auth keys, the admin token, history settings other than `history.enabled` (among them
-`history.access`), `proxy.trusted_proxies`, the client limits other than
-`limits.keepalive_timeout` (header and body timeouts, the connection cap). A few keys are
-fixed when the app, its sockets or its store are built (`RESTART_KEYS`); a reload logs each of
-them as needing a restart and keeps its running value. So is a first `admin.token` on a router
-started without one: the admin listener is opened at start only when a token is set.
+keys, auth keys, the admin token, history settings other than `history.enabled` and
+`history.recall.max_connections` (among them `history.access`), `proxy.trusted_proxies`, the
+client limits other than `limits.keepalive_timeout` (header and body timeouts, the connection
+cap). A few keys are fixed when the app, its sockets or its store are built (`RESTART_KEYS`); a
+reload logs each of them as needing a restart and keeps its running value. So is a first
+`admin.token` on a router started without one: the admin listener is opened at start only
+when a token is set.
 
 An invalid file changes nothing: the running configuration stays and one log line names
 what is wrong.
@@ -40,6 +41,7 @@ RESTART_KEYS: tuple[str, ...] = (
     "limits.keepalive_timeout",  # given to aiohttp's server when it is built
     "proxy.prefixes",  # the app's routes
     "history.enabled",  # the app's routes
+    "history.recall.max_connections",  # the embeddings client's connection bound
     "shutdown_grace",  # the HTTP server's shutdown timeout
     # access control
     "admin.listen",  # the admin API's listening socket

@@ -27,7 +27,10 @@ from router.http.auth import Authenticator
 from router.http.connections import ClientGuard
 from router.metrics import Metrics
 from router.orchestrator.access import open_warning
+from router.orchestrator.embeddings import EmbeddingClient
+from router.orchestrator.index_turns import TurnIndexer
 from router.orchestrator.persist import Persister
+from router.orchestrator.recall import Recall
 from router.orchestrator.summary import Summarizer
 from router.orchestrator.tokenizer import ConfiguredTokenizer
 from router.orchestrator.turn import Orchestrator
@@ -115,9 +118,14 @@ class Router:
         self.summarizer = Summarizer(
             history.summary, self.store, self.client, self.calls, self.tokenizer, metrics
         )
+        # recall's embeddings client and indexer exist even while recall is off (idle, no
+        # connection), so a reload can turn it on
+        self.embeddings = EmbeddingClient(history.recall)
+        self.indexer = TurnIndexer(history.recall, self.embeddings, self.store, metrics)
+        recall = Recall(history.recall, self.store, self.embeddings, self.indexer, metrics)
         self.orchestrator = Orchestrator(
             history, self.store, self.forwarder, self.tokenizer, self.persister, self.summarizer,
-            metrics, store_wait=2 * settings.store.timeout,
+            metrics, store_wait=2 * settings.store.timeout, recall=recall,
             max_body_bytes=settings.limits.max_body_bytes,
         )  # fmt: skip
         self.checker = HealthChecker(
@@ -138,6 +146,7 @@ class Router:
         self.drains.start()
         self.checker.start()
         self.monitor.start()
+        self.indexer.start()
 
     async def stop(self) -> None:
         """Take everything down in reverse order; pending history writes get a short grace."""
@@ -147,6 +156,8 @@ class Router:
         await self.monitor.stop()
         await self.checker.stop()
         await self.summarizer.close()
+        await self.indexer.close()
+        await self.embeddings.close()
         await self.persister.close(min(SHUTDOWN_WRITE_GRACE, self.settings.shutdown_grace))
         await self.placement.close()
         await self.upstream.close()
@@ -183,6 +194,8 @@ class Router:
         self.forwarder.reconfigure(settings.retries, settings.timeouts)
         self.tokenizer.reconfigure(settings.history.tokenizer)
         self.summarizer.reconfigure(settings.history.summary)
+        self.embeddings.reconfigure(settings.history.recall)
+        self.indexer.reconfigure(settings.history.recall)
         self.orchestrator.reconfigure(settings.history)
         if _history_exposure(settings) != _history_exposure(old):
             self._warn_if_history_is_open()

@@ -24,6 +24,7 @@ def build_app(root: Router) -> web.Application:
     )
     app[ROOT] = root
     app.cleanup_ctx.append(_lifecycle)
+    app.on_response_prepare.append(history_http.recalled_header)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

@@ -12,12 +12,13 @@ from typing import Any
 
 from aiohttp import web
 
-from router.errors import BadRequest, NotFound
+from router.errors import BadRequest, HistoryUnavailable, NotFound
 from router.http.auth import TENANT
 from router.http.common import ROOT, json_response, read_body, request_id_of
 from router.http.handlers import proxy_handler
 from router.orchestrator.access import history_tenant
 from router.orchestrator.history import Conversation
+from router.orchestrator.recall import RECALLED, RECALLED_HEADER
 from router.placement.session import (
     MAX_SESSION_ID_LENGTH,
     RequestView,
@@ -26,6 +27,8 @@ from router.placement.session import (
 )
 from router.proxy.forward import Outgoing
 from router.proxy.headers import upstream_headers
+from router.store import StoreUnavailable
+from router.store.vectors import turn_digest
 
 CHAT_PATH = "/v1/chat/completions"
 SESSIONS_PATH = "/v1/sessions/{session}"
@@ -89,6 +92,13 @@ async def chat_handler(request: web.Request) -> web.StreamResponse:
     return await root.orchestrator.handle(request, out, document)
 
 
+async def recalled_header(request: web.Request, response: web.StreamResponse) -> None:
+    """`x-kvrouter-recalled: N` on the answer of an orchestrator turn with recall on."""
+    recalled = request.get(RECALLED)
+    if recalled is not None:
+        response.headers[RECALLED_HEADER] = str(recalled)
+
+
 def _session_of(request: web.Request) -> tuple[str, str]:
     if not request.app[ROOT].settings.history.enabled:
         raise NotFound(f"no route for {request.path} (history.enabled: false)")
@@ -105,7 +115,11 @@ async def get_session(request: web.Request) -> web.Response:
     stored = await orchestrator.read(tenant, session)
     if not stored.entries and stored.summary is None:
         raise NotFound(f"no stored history for session {session!r}")
-    document = session_document(session, orchestrator.decode(stored))
+    try:
+        embedded = await orchestrator.recall.embedded(tenant, session)
+    except StoreUnavailable as err:
+        raise HistoryUnavailable(str(err)) from None
+    document = session_document(session, orchestrator.decode(stored), embedded)
     return json_response(document, headers={"x-request-id": request_id_of(request)})
 
 
@@ -118,18 +132,26 @@ async def delete_session(request: web.Request) -> web.Response:
     return json_response(body, headers={"x-request-id": request_id_of(request)})
 
 
-def session_document(session: str, conversation: Conversation) -> dict[str, Any]:
+def session_document(
+    session: str, conversation: Conversation, embedded: set[bytes] | None = None
+) -> dict[str, Any]:
+    """The sessions API's answer; with recall on (`embedded`: the digests of the turns that
+    have an embedding) each turn says whether it has one."""
     turns = sorted((*conversation.folded, *conversation.turns), key=lambda t: t.entries[0].index)
     system = [e.message for e in conversation.system]
     summary = conversation.summary
+    described = [
+        {"id": t.id, "complete": t.complete, "tokens": t.tokens, "messages": t.messages}
+        for t in turns
+    ]
+    if embedded is not None:
+        for turn, document in zip(turns, described, strict=True):
+            document["embedded"] = turn_digest(turn.key) in embedded
     return {
         "id": session,
         "object": "session",
         "messages": [*system, *(m for t in turns for m in t.messages)],
-        "turns": [
-            {"id": t.id, "complete": t.complete, "tokens": t.tokens, "messages": t.messages}
-            for t in turns
-        ],
+        "turns": described,
         "system": system,
         "summary": None if summary is None else {
             "text": summary.text, "tokens": summary.tokens, "through_message": summary.through,

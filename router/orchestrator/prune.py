@@ -25,8 +25,12 @@ REPLY_PRIMING_TOKENS = 3
 
 @dataclass(frozen=True, slots=True)
 class Budget:
+    """The prompt's token budget: `max_prompt_tokens` less the completion's `max_tokens`;
+    `reserved` of it is held back from the history's turns (for recalled ones)."""
+
     max_prompt_tokens: int
     max_tokens: int
+    reserved: int = 0
 
     @property
     def tokens(self) -> int:
@@ -81,7 +85,7 @@ def build_prompt(
     if summary is not None and fixed + summary.tokens <= budget.tokens:
         fixed += summary.tokens
         system.append(orjson.dumps(summary.message()))
-    kept, dropped = _fit(conversation.turns, budget.tokens - fixed)
+    kept, dropped = _fit(conversation.turns, budget.tokens - fixed - budget.reserved)
     messages = [*system, *(e.raw for turn in kept for e in turn.entries), *rest]
     history = conversation.tokens + sum(new_tokens) + REPLY_PRIMING_TOKENS
     tokens = fixed + sum(t.tokens for t in kept)

@@ -45,15 +45,21 @@ class Tokenizer(Protocol):
         """Tokens of each message, chat-template overhead included."""
 
 
-def message_text(message: Message) -> str:
-    """The text a message contributes: role, name, content (text parts of a list joined)."""
+def content_text(message: Message) -> str:
+    """A message's content as text: a string as it is, the text parts of a list joined."""
     content = message.get("content")
     if isinstance(content, list):
-        content = "".join(
+        return "".join(
             str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p
         )
-    elif not isinstance(content, str):
-        content = "" if content is None else orjson.dumps(content).decode()
+    if not isinstance(content, str):
+        return "" if content is None else orjson.dumps(content).decode()
+    return content
+
+
+def message_text(message: Message) -> str:
+    """The text a message contributes: role, name, content (text parts of a list joined)."""
+    content = content_text(message)
     name = message.get("name")
     return f"{message.get('role', '')}\n{name}\n{content}" if name else (
         f"{message.get('role', '')}\n{content}"

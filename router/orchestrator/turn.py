@@ -1,11 +1,13 @@
 """The orchestrator mode: the client sends only its new messages, the router keeps the history.
 
 One request: count the new messages; in one round trip store them and read the history before
-them (the only store call on the time-to-first-token path, so the user message is stored before
-anything is forwarded); rebuild and prune the prompt; forward through the same `Forwarder` as
-any request, watching the answer. Once the answer is complete, and before the client sees it
-end, the reply is written (retried in the background if the store is slow or down). Pruned
-turns are handed to the summarizer, which the request never waits for.
+them (the only store call on the time-to-first-token path with recall off, so the user message
+is stored before anything is forwarded); rebuild and prune the prompt, adding recalled turns
+with `history.recall` on (`router.orchestrator.recall`, whose reads run beside that round
+trip); forward through the same `Forwarder` as any request, watching the answer. Once the
+answer is complete, and before the client sees it end, the reply is written (retried in the
+background if the store is slow or down). Pruned turns are handed to the summarizer (and the
+recall indexer), which the request never waits for.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from router.orchestrator.history import (
 )
 from router.orchestrator.outcome import TurnOutcome, discard_turn
 from router.orchestrator.persist import Persister
-from router.orchestrator.prune import Budget, build_prompt, fit_body
+from router.orchestrator.prune import build_prompt, fit_body
+from router.orchestrator.recall import RECALLED, Recall
 from router.orchestrator.replies import ReplyCollector
 from router.orchestrator.summary import Summarizer
 from router.orchestrator.tokenizer import Tokenizer
@@ -53,8 +56,10 @@ class Orchestrator:
         metrics: Metrics,
         store_wait: float = 1.0,
         *,
+        recall: Recall,
         max_body_bytes: int,
     ) -> None:
+        self._recall = recall
         self._settings = settings
         self._max_body_bytes = max_body_bytes
         self._store_wait = store_wait
@@ -67,6 +72,11 @@ class Orchestrator:
 
     def reconfigure(self, settings: HistorySettings) -> None:
         self._settings = settings
+        self._recall.reconfigure(settings.recall)
+
+    @property
+    def recall(self) -> Recall:
+        return self._recall
 
     async def read(self, tenant: str, session: str) -> StoredHistory:
         """The stored history, timed; an unreachable store is a 503 that names it."""
@@ -101,23 +111,36 @@ class Orchestrator:
         new = new_messages(document)
         turn = turn_id(tenant, session, client_id(request), new) or out.request_id
         reserve = completion_tokens(document, self._settings)
-        budget = Budget(self._settings.max_prompt_tokens, reserve)
+        budget = self._recall.budget(self._settings.max_prompt_tokens, reserve)
         new_tokens = await self._tokenizer.count(new)
         frame = len(prompt_body(document, []))
         alone = build_prompt(Conversation(), new, new_tokens, budget)  # oversized: 400, unstored
         fit_body(alone, frame, self._max_body_bytes)  # over the body limit: 413, unstored
         entries = [encode_entry(turn, n, m) for m, n in zip(new, new_tokens, strict=True)]
         user_op = f"{turn}:user"
-        stored = await self._store_user_turn(tenant, session, user_op, entries)
+        lookup = self._recall.look_up(tenant, session, new)  # None with recall off
+        try:
+            stored = await self._store_user_turn(tenant, session, user_op, entries)
+        except BaseException:
+            if lookup is not None:
+                lookup.cancel()
+            raise
         collector = ReplyCollector(self._reply_recorder(tenant, session, turn))
         outcome = TurnOutcome(
             collector, lambda: discard_turn(self._store, self._metrics, tenant, session, user_op)
         )
         try:  # from here on, a turn answered with an error is taken back out of the store
             conversation = self.decode(stored)
-            prompt = build_prompt(without_turn(conversation, turn), new, new_tokens, budget)
+            earlier = without_turn(conversation, turn)
+            prompt = build_prompt(earlier, new, new_tokens, budget)
             prompt = fit_body(prompt, frame, self._max_body_bytes)
-        except Exception:
+            if lookup is not None:
+                prompt, request[RECALLED] = await self._recall.apply(
+                    lookup, earlier, prompt, budget, frame, self._max_body_bytes
+                )
+        except BaseException:
+            if lookup is not None:
+                lookup.cancel()
             await outcome.discard()
             raise
         self._metrics.history_tokens.inc(prompt.history_tokens)

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from router.sim import completions, endpoints
+from router.sim import completions, embeddings, endpoints
 from router.sim.appkeys import ENGINE, REGISTRY
 from router.sim.engine import SimEngine
 from router.sim.metrics import build_registry
@@ -27,6 +27,7 @@ def build_sim_app(opts: SimOptions) -> web.Application:
         [
             web.post("/v1/chat/completions", completions.chat_completions),
             web.post("/v1/completions", completions.text_completions),
+            web.post("/v1/embeddings", embeddings.embeddings),
             web.get("/v1/models", endpoints.models),
             web.get("/health", endpoints.health),
             web.get("/metrics", endpoints.metrics),

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.store.vectors import StoredVectors, VectorBatch
+
 
 class StoreUnavailable(Exception):
     """The backing store cannot be reached; the message names the store."""
@@ -99,7 +101,23 @@ class SessionStore(Protocol):
         reaches as far is already stored. True when stored; `SessionTooLarge` when it would not
         fit the session's byte limit (in place of the previous summary)."""
 
+    async def read_vectors(
+        self, tenant: str, session: str, held: tuple[int, int] | None = None
+    ) -> StoredVectors:
+        """The session's turn embeddings (see `router.store.vectors`) in one round trip; with
+        `held` (the generation and byte length of a copy the caller keeps) only what was
+        appended since, when that copy is still a prefix of what is stored. Empty for none."""
+
+    async def add_vectors(
+        self, tenant: str, session: str, batch: VectorBatch, max_vectors: int
+    ) -> int | None:
+        """Append embeddings atomically (see `router.store.vectors.merge`), capped at
+        `max_vectors` records, with the history's TTL; None when the session is gone (nothing
+        is stored), else how many records were added. `SessionTooLarge`, storing nothing, when
+        they would take the session past its byte limit."""
+
     async def forget(self, tenant: str, session: str) -> bool:
-        """Drop the session's history, summary and pin. True when there was something."""
+        """Drop the session's history, summary, embeddings and pin. True when there was
+        something."""
 
     async def close(self) -> None: ...

@@ -16,10 +16,11 @@ def session_base(prefix: str, tenant: str, session: str) -> str:
 
 
 def session_keys(prefix: str, tenant: str, session: str) -> dict[str, str]:
-    """The keys of one session: history, applied op ids, meta hash, entry lengths, pin, and
-    the worker that served its last turn (`srv`)."""
+    """The keys of one session: history, applied op ids, meta hash, entry lengths, pin, the
+    worker that served its last turn (`srv`), and the turn embeddings (`vec`)."""
     base = session_base(prefix, tenant, session)
-    return {part: f"{base}:{part}" for part in ("h", "ids", "meta", "lens", "pin", "srv")}
+    parts = ("h", "ids", "meta", "lens", "pin", "srv", "vec")
+    return {part: f"{base}:{part}" for part in parts}
 
 
 def trim_slack(cap: int) -> int:

@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 
 from router.store.base import SessionTooLarge, StoredHistory
 from router.store.keys import trim_slack
+from router.store.vectors import HEADER_BYTES, StoredVectors, VectorBatch, merge
 
 log = logging.getLogger("kvrouter.store")
 
@@ -41,6 +42,7 @@ class _Conversation:
     summary: bytes | None = None
     summary_through: int = -1
     size: int = 0
+    vectors: bytes = b""  # the turn embeddings' blob (router.store.vectors)
 
 
 @dataclass(slots=True)
@@ -268,6 +270,31 @@ class MemoryStore:
         conversation.summary, conversation.summary_through = summary, through
         conversation.size += len(summary) - old
         return True
+
+    async def read_vectors(
+        self, tenant: str, session: str, held: tuple[int, int] | None = None
+    ) -> StoredVectors:
+        """The whole blob, never a copy: it is replaced, never changed, by a write."""
+        conversation = self._live(tenant, session)
+        if conversation is None or not conversation.vectors:
+            return StoredVectors()
+        blob = conversation.vectors
+        return StoredVectors(blob[:HEADER_BYTES], blob, 0)
+
+    async def add_vectors(
+        self, tenant: str, session: str, batch: VectorBatch, max_vectors: int
+    ) -> int | None:
+        conversation = self._live(tenant, session)
+        if conversation is None:
+            return None
+        merged = merge(conversation.vectors, batch, max_vectors)
+        if conversation.size + merged.adding - merged.freed > self._max_bytes:
+            raise SessionTooLarge(
+                session, conversation.size, merged.adding, self._max_bytes, merged.freed
+            )
+        conversation.vectors = merged.blob
+        conversation.size += merged.adding - merged.freed
+        return merged.stored
 
     async def forget(self, tenant: str, session: str) -> bool:
         pin = self._pins.pop((tenant, session))

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 from router.config import StoreSettings
 from router.store.base import SessionTooLarge, StoredHistory, StoreUnavailable
 from router.store.keys import session_keys, trim_slack
+from router.store.vectors import HEADER_BYTES, StoredVectors, VectorBatch
 
 log = logging.getLogger("kvrouter.store")
 
@@ -43,7 +44,8 @@ local function late(deadline)
 end
 """
 
-# KEYS: history blob, applied op ids, meta hash, entries (each "<bytes> <op id>"). ARGV: op id,
+# KEYS: history blob, applied op ids, meta hash, entries (each "<bytes> <op id>"), turn
+# embeddings (only their TTL is refreshed, so they expire with the history). ARGV: op id,
 # ttl ms, cap, slack, byte limit, deadline, entries. The history is one string of
 # newline-terminated entries, so a read is one GET. The meta hash keeps `bytes`, what counts
 # against the byte limit (entries with their newline, and the summary); a session stored before
@@ -90,7 +92,7 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
 end
 redis.call('HSETNX', KEYS[3], 'trimmed', 0)
 local ttl = tonumber(ARGV[2])
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
 """
 _APPEND = _APPEND_BODY + "return n + tonumber(redis.call('HGET', KEYS[3], 'trimmed'))"
 _READ_AND_APPEND = (
@@ -135,7 +137,7 @@ if through >= at then
   redis.call('HSET', KEYS[3], 'through', through - math.min(count, through - at + 1))
 end
 local ttl = tonumber(ARGV[2])
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
 return count
 """
 
@@ -152,6 +154,76 @@ if held + #ARGV[1] - old > tonumber(ARGV[3]) then
 end
 redis.call('HSET', KEYS[1], 'summary', ARGV[1], 'through', ARGV[2], 'bytes', held + #ARGV[1] - old)
 return 1
+"""
+
+# KEYS: embeddings blob, meta hash, history blob. ARGV: cap, slack, byte limit, tag, dim (6
+# digits), through, then (entry index, record) pairs (none: only the watermark moves). The
+# rule of `router.store.vectors.merge`; a session that is gone gets nothing (-1): an embedding
+# that lands after a DELETE never brings the session back. The blob takes the meta hash's
+# remaining TTL.
+_ADD_VECTORS = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+local dim, tag = ARGV[5], ARGV[4]
+local head = redis.call('GETRANGE', KEYS[1], 0, 63)
+if #ARGV == 6 and #head == 64 then dim, tag = string.sub(head, 7, 12), string.sub(head, 14, 21) end
+local size = 16 + 4 * tonumber(dim)
+local blob = redis.call('STRLEN', KEYS[1])
+local fresh = #head < 64 or string.sub(head, 7, 12) ~= dim or string.sub(head, 14, 21) ~= tag
+local generation, through, count, freed = 0, -1, 0, 0
+if fresh then
+  local now = redis.call('TIME')
+  generation = (tonumber(now[1]) % 10000) * 1000000 + tonumber(now[2])
+  freed = blob
+else
+  generation = tonumber(string.sub(head, 23, 32))
+  through = tonumber(string.sub(head, 34, 53))
+  count = (blob - 64) / size
+end
+local take = {}
+for i = 7, #ARGV, 2 do
+  if tonumber(ARGV[i]) > through then take[#take + 1] = ARGV[i + 1] end
+end
+local cap, drop = tonumber(ARGV[1]), 0
+if count + #take > cap + tonumber(ARGV[2]) then drop = count + #take - cap end
+local old = math.min(drop, count)
+local skip = drop - old
+local adding = (#take - skip) * size
+if fresh then adding = adding + 64 end
+freed = freed + old * size
+local held = tonumber(redis.call('HGET', KEYS[2], 'bytes'))
+if not held then
+  held = redis.call('STRLEN', KEYS[3]) + redis.call('HSTRLEN', KEYS[2], 'summary') + blob
+end
+if held + adding - freed > tonumber(ARGV[3]) then
+  return redis.error_reply('KVR_FULL ' .. held .. ' ' .. adding .. ' ' .. freed)
+end
+if drop > 0 then generation = (generation + 1) % 10000000000 end
+through = math.max(through, tonumber(ARGV[6]))
+local header = string.format('kvrv1 %s %s %010d %020d', dim, tag, generation, through)
+header = header .. string.rep(' ', 63 - #header) .. '\\n'
+if fresh then
+  redis.call('SET', KEYS[1], header)
+elseif old > 0 then
+  redis.call('SET', KEYS[1], header .. redis.call('GETRANGE', KEYS[1], 64 + old * size, -1))
+else
+  redis.call('SETRANGE', KEYS[1], 0, header)
+end
+for j = skip + 1, #take do redis.call('APPEND', KEYS[1], take[j]) end
+redis.call('HSET', KEYS[2], 'bytes', held + adding - freed)
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return #take - skip
+"""
+
+# KEYS: embeddings blob. ARGV: generation (10 digits), bytes held. Its header, and the blob
+# from byte ARGV[2] on when the caller's copy is still its prefix (same generation, not
+# longer); else false for the tail.
+_READ_VECTOR_TAIL = """
+local head = redis.call('GETRANGE', KEYS[1], 0, 63)
+if #head < 64 or string.sub(head, 23, 32) ~= ARGV[1] then return {head, false} end
+local held = tonumber(ARGV[2])
+if redis.call('STRLEN', KEYS[1]) < held then return {head, false} end
+return {head, redis.call('GETRANGE', KEYS[1], held, -1)}
 """
 
 
@@ -232,6 +304,8 @@ class RedisStore:
         self._read = self._redis.register_script(_READ)
         self._read_and_append = self._redis.register_script(_READ_AND_APPEND)
         self._discard = self._redis.register_script(_DISCARD)
+        self._add_vectors = self._redis.register_script(_ADD_VECTORS)
+        self._read_vector_tail = self._redis.register_script(_READ_VECTOR_TAIL)
         self._ttl_ms = int(settings.history_ttl * 1000)
         self._budget_ms = int(settings.timeout * 750)
         self._clock_offset_ms = 0  # Redis's clock minus ours, once a refusal has shown it
@@ -367,7 +441,7 @@ class RedisStore:
 
     def _names(self, tenant: str, session: str) -> list[str]:
         keys = self._keys(tenant, session)
-        return [keys["h"], keys["ids"], keys["meta"], keys["lens"]]
+        return [keys["h"], keys["ids"], keys["meta"], keys["lens"], keys["vec"]]
 
     def _append_args(
         self, op_id: str, deadline: int, entries: Sequence[bytes]
@@ -380,6 +454,37 @@ class RedisStore:
         names = [keys["meta"], keys["h"]]
         args = [summary, through, self._settings.max_session_bytes]
         return bool(await self._call(lambda: self._set_summary(keys=names, args=args), session))
+
+    async def read_vectors(
+        self, tenant: str, session: str, held: tuple[int, int] | None = None
+    ) -> StoredVectors:
+        """A plain GET of the whole blob (no script: a script's reply would copy it twice in
+        Redis); with `held`, a script that returns only the tail, and the GET only when the
+        caller's copy is stale."""
+        key = self._keys(tenant, session)["vec"]
+        if held is not None:
+            args = [b"%010d" % held[0], held[1]]
+            head, tail = await self._call(lambda: self._read_vector_tail(keys=[key], args=args))
+            if tail is not None:
+                return StoredVectors(head, tail, held[1])
+            if not head:
+                return StoredVectors()
+        blob = await self._call(lambda: self._redis.get(key))
+        return StoredVectors(blob[:HEADER_BYTES], blob, 0) if blob else StoredVectors()
+
+    async def add_vectors(
+        self, tenant: str, session: str, batch: VectorBatch, max_vectors: int
+    ) -> int | None:
+        keys = self._keys(tenant, session)
+        names = [keys["vec"], keys["meta"], keys["h"]]
+        args: list[str | int | bytes] = [
+            max_vectors, trim_slack(max_vectors), self._settings.max_session_bytes,
+            batch.tag, b"%06d" % batch.dim, batch.through,
+        ]  # fmt: skip
+        for index, record in batch.records:
+            args += [index, record]
+        added = int(await self._call(lambda: self._add_vectors(keys=names, args=args), session))
+        return None if added < 0 else added
 
     async def forget(self, tenant: str, session: str) -> bool:
         keys = list(self._keys(tenant, session).values())
