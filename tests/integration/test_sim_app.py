@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
+from array import array
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -12,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from router.sim.app import build_sim_app
+from router.sim.embeddings import embed_text
 from router.sim.options import SimOptions
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -87,3 +90,43 @@ async def test_cache_hit_shortens_time_to_first_token(serve):
     assert usage["prompt_tokens_details"]["cached_tokens"] >= 144
     assert durations[0] > 0.25
     assert durations[1] < 0.1
+
+
+async def test_embeddings_answer_in_openai_shape_in_input_order(serve):
+    async with (
+        serve(SimOptions(name="e", time_scale=0)) as base,
+        aiohttp.ClientSession(timeout=TIMEOUT) as http,
+    ):
+        body = {"model": "m", "input": ["falcon vault", "bread"], "dimensions": 32}
+        async with http.post(f"{base}/v1/embeddings", json=body) as resp:
+            assert resp.status == 200
+            document = await resp.json()
+        body = {"input": "bread", "dimensions": 32, "encoding_format": "base64"}
+        async with http.post(f"{base}/v1/embeddings", json=body) as resp:
+            packed = (await resp.json())["data"][0]["embedding"]
+    assert document["object"] == "list" and document["model"] == "m"
+    assert [d["index"] for d in document["data"]] == [0, 1]
+    assert document["data"][1]["embedding"] == embed_text("bread", 32)
+    assert document["usage"]["prompt_tokens"] == 3
+    unpacked = array("f", base64.b64decode(packed)).tolist()
+    assert unpacked == pytest.approx(embed_text("bread", 32), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": []}, "input"),
+        ({"input": [1, 2]}, "input"),
+        ({"input": "x", "dimensions": 0}, "dimensions"),
+        ({"input": "x", "encoding_format": "int8"}, "encoding_format"),
+    ],
+)
+async def test_bad_embeddings_requests_are_a_400_naming_the_field(serve, body, param):
+    async with (
+        serve(SimOptions(name="e", time_scale=0)) as base,
+        aiohttp.ClientSession(timeout=TIMEOUT) as http,
+    ):
+        async with http.post(f"{base}/v1/embeddings", json=body) as resp:
+            assert resp.status == 400
+            error = (await resp.json())["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"

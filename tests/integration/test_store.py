@@ -10,6 +10,7 @@ import pytest
 from router.config import StoreSettings
 from router.store import MemoryStore, SessionStore, SessionTooLarge, StoreUnavailable, make_store
 from router.store.redis import RedisStore
+from router.store.vectors import StoredVectors, VectorBatch, digests_of, turn_digest
 
 TTL = 0.3
 
@@ -253,3 +254,96 @@ async def test_a_discard_keeps_the_summary_on_the_same_messages(make):
     stored = await store.read_history("t", "s")
     assert stored.entries == (entry("a"), entry("c"), entry("d"))
     assert stored.summary_through == 1, "the summary still ends at message 'c'"
+
+
+# Turn embeddings (router.store.vectors): the same contract for both stores.
+
+DIM = 4
+
+
+def vectors(through: int, *named: tuple[int, str], tag: str = "0badcafe") -> VectorBatch:
+    body = b"\x00\x00\x80\x3f" * DIM  # float32 1.0s
+    records = tuple((i, turn_digest(n.encode()) + body) for i, n in named)
+    return VectorBatch(tag, DIM, through, records)
+
+
+def names_in(stored: StoredVectors, *names: str) -> list[str]:
+    header = stored.header
+    assert header is not None and stored.start == 0
+    by_digest = {turn_digest(n.encode()): n for n in names}
+    return [by_digest[d] for d in digests_of(stored.data, header.dim)]
+
+
+async def test_vectors_read_back_whole_then_only_what_was_appended(store):
+    await store.append_history("t", "s", "op1", [entry("a")])
+    assert await store.read_vectors("t", "s") == StoredVectors()
+    assert await store.add_vectors("t", "s", vectors(3, (1, "a"), (3, "b")), 100) == 2
+    whole = await store.read_vectors("t", "s")
+    assert names_in(whole, "a", "b") == ["a", "b"] and whole.header.through == 3
+    assert await store.add_vectors("t", "s", vectors(5, (3, "b"), (5, "c")), 100) == 1
+    held = (whole.header.generation, len(whole.data))
+    later = await store.read_vectors("t", "s", held)
+    assert later.header.through == 5
+    if later.start:  # a store out of process sends only the tail past the reader's copy
+        assert later.start == len(whole.data)
+        assert later.data == turn_digest(b"c") + b"\x00\x00\x80\x3f" * DIM
+    else:
+        assert names_in(later, "a", "b", "c") == ["a", "b", "c"]
+
+
+async def test_a_copy_that_is_no_longer_a_prefix_is_answered_with_the_whole_blob(store):
+    await store.append_history("t", "s", "op1", [entry("a")])
+    await store.add_vectors("t", "s", vectors(3, (1, "a"), (3, "b")), 100)
+    whole = await store.read_vectors("t", "s")
+    await store.add_vectors("t", "s", vectors(5, (5, "c"), tag="feedf00d"), 100)  # new model
+    again = await store.read_vectors("t", "s", (whole.header.generation, len(whole.data)))
+    assert names_in(again, "a", "b", "c") == ["c"]
+
+
+async def test_vectors_are_tenant_scoped_and_forgotten_with_the_session(store):
+    await store.append_history("t", "s", "op1", [entry("a")])
+    await store.append_history("u", "s", "op1", [entry("a")])
+    await store.add_vectors("t", "s", vectors(1, (1, "a")), 100)
+    assert await store.read_vectors("u", "s") == StoredVectors()
+    assert await store.forget("t", "s")
+    assert await store.read_vectors("t", "s") == StoredVectors()
+
+
+async def test_vectors_never_bring_back_a_session_that_is_gone(store):
+    assert await store.add_vectors("t", "gone", vectors(1, (1, "a")), 100) is None
+    assert await store.read_vectors("t", "gone") == StoredVectors()
+    assert (await store.read_history("t", "gone")).entries == ()
+
+
+async def test_vectors_are_capped_per_session_oldest_first(store):
+    await store.append_history("t", "s", "op1", [entry("a")])
+    names = [f"t{i}" for i in range(12)]
+    for i, name in enumerate(names):
+        await store.add_vectors("t", "s", vectors(i, (i, name)), 8)
+    # past cap + cap/8 (9) the oldest go down to the cap: at the 10th and the 12th write
+    assert names_in(await store.read_vectors("t", "s"), *names) == names[4:]
+
+
+async def test_vectors_count_against_the_session_byte_limit(make):
+    record = 16 + 4 * DIM
+    store = make(max_session_bytes=len(entry("a")) + 1 + 64 + 2 * record + 4)
+    await store.append_history("t", "s", "op1", [entry("a")])
+    assert await store.add_vectors("t", "s", vectors(2, (1, "a"), (2, "b")), 100) == 2
+    with pytest.raises(SessionTooLarge):
+        await store.add_vectors("t", "s", vectors(3, (3, "c")), 100)
+    with pytest.raises(SessionTooLarge):  # the history has no room left either
+        await store.append_history("t", "s", "op2", [entry("bb")])
+    await store.forget("t", "s")
+    await store.append_history("t", "s", "op1", [entry("a")])  # room again after a delete
+
+
+async def test_vectors_expire_with_the_history_and_live_as_long_as_it(store):
+    await store.append_history("t", "s", "op1", [entry("a")])
+    await store.add_vectors("t", "s", vectors(1, (1, "a")), 100)
+    await asyncio.sleep(TTL * 0.6)
+    await store.append_history("t", "s", "op2", [entry("b")])  # refreshes the whole session
+    await asyncio.sleep(TTL * 0.6)
+    assert (await store.read_vectors("t", "s")).header is not None
+    await asyncio.sleep(TTL * 1.2)
+    assert await store.read_vectors("t", "s") == StoredVectors()
+    assert (await store.read_history("t", "s")).entries == ()
