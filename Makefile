@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-routing bench-failover bench-decision bench-history clean
+.PHONY: demo test lint bench bench-routing bench-failover bench-decision bench-history bench-recall clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,9 @@ bench: $(STAMP)  ## proxy overhead, throughput, streaming and memory: prints a t
 
 bench-history: $(STAMP)  ## history read + prompt rebuild latency and client egress (needs Redis on :6379)
 	$(PY) -m router.tooling.bench.history_bench
+
+bench-recall: $(STAMP)  ## semantic recall: the right turn back, its latency with 4 MB of vectors, prefix-cache cost per position (needs Redis on :6379; QUICK=1: fewer samples)
+	$(PY) -m router.tooling.bench.recall_bench $(if $(QUICK),--quick)
 
 bench-routing: $(STAMP)  ## policies in three load regimes vs the oracle and the targets (3 seeded runs, < 20 min; QUICK=1: 1 run, < 3 min)
 	$(PY) -m loadtests.compare_policies $(if $(QUICK),--quick)

@@ -59,7 +59,7 @@ INTRO_TOKENS = 32  # the intro line and the separators, with room to spare in an
 
 
 @dataclass(frozen=True, slots=True)
-class _Vectors:
+class Vectors:
     blob: Blob
     seconds: float
 
@@ -71,7 +71,7 @@ class Lookup:
     tenant: str
     session: str
     started: float
-    vectors: asyncio.Task[_Vectors]
+    vectors: asyncio.Task[Vectors]
     query: asyncio.Task[np.ndarray] | None
 
     def cancel(self) -> None:
@@ -154,15 +154,16 @@ class Recall:
         settings = self._settings
         if not settings.enabled:
             return None
-        vectors = asyncio.create_task(self._read_vectors(tenant, session))
+        vectors = asyncio.create_task(self.read_vectors(tenant, session))
         text = query_text(new, settings.max_input_chars)
         query = asyncio.create_task(self._embed_query(text)) if text.strip() else None
         return Lookup(tenant, session, time.monotonic(), vectors, query)
 
-    async def _read_vectors(self, tenant: str, session: str) -> _Vectors:
+    async def read_vectors(self, tenant: str, session: str) -> Vectors:
+        """The first step of a recall: the session's vectors, and how long reading took."""
         started = time.perf_counter()
         blob = await self._cache.read(self._store, tenant, session)
-        return _Vectors(blob, time.perf_counter() - started)
+        return Vectors(blob, time.perf_counter() - started)
 
     async def _embed_query(self, text: str) -> np.ndarray:
         self._metrics.recall_embeddings.labels("query").inc()
@@ -196,7 +197,7 @@ class Recall:
             return prompt, 0
         query = await self._query_in_time(lookup, deadline)
         started = time.perf_counter()
-        chosen = self._choose(vectors.blob, query, conversation, prompt, budget)
+        chosen = self.choose(vectors.blob, query, conversation, prompt, budget)
         recalled = prompt
         if chosen:
             tokens = sum(r.turn.tokens for r in chosen) + INTRO_TOKENS
@@ -216,7 +217,7 @@ class Recall:
 
     async def _vectors_in_time(
         self, lookup: Lookup, pruned: list[Turn], deadline: float
-    ) -> _Vectors | None:
+    ) -> Vectors | None:
         """The session's vectors if they came in time and there are any; the pruned turns
         are offered once they are in (later, in the background, if they come late)."""
         task = lookup.vectors
@@ -234,7 +235,7 @@ class Recall:
             lookup.query.cancel()
         return None
 
-    def _offer(self, lookup: Lookup, task: asyncio.Task[_Vectors], pruned: list[Turn]) -> None:
+    def _offer(self, lookup: Lookup, task: asyncio.Task[Vectors], pruned: list[Turn]) -> None:
         if task.cancelled() or task.exception() is not None:
             return  # the store failed (and said so); the next turn offers them again
         header = parse_header(task.result().blob)
@@ -255,7 +256,7 @@ class Recall:
             return None  # counted where it failed
         return task.result()
 
-    def _choose(
+    def choose(
         self,
         blob: Blob,
         query: np.ndarray | None,
@@ -263,6 +264,7 @@ class Recall:
         prompt: Prompt,
         budget: Budget,
     ) -> list[Recalled]:
+        """The second step: the turns to recall for `query` among those `prompt` left out."""
         header = parse_header(blob)
         settings = self._settings
         if query is None or header is None or header.dim != query.shape[0]:
