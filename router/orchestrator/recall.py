@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,8 +47,6 @@ from router.store.vectors import (
     turn_digest,
 )
 
-log = logging.getLogger("kvrouter.recall")
-
 RECALLED = web.RequestKey("kvrouter_recalled", int)  # how many turns a request recalled
 RECALLED_HEADER = "x-kvrouter-recalled"
 INTRO = (
@@ -56,6 +54,7 @@ INTRO = (
     "relevant first):"
 )
 INTRO_TOKENS = 32  # the intro line and the separators, with room to spare in any tokenizer
+DIGESTS_KEPT = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +134,9 @@ class Recall:
         self._metrics = metrics
         self._cache = VectorCache(0 if store.in_process else settings.cache_bytes)
         self._settings = settings
+        # a turn's digest never changes: hashing a long session's turns on every turn cost
+        # more than scoring its vectors
+        self._digest = functools.lru_cache(maxsize=DIGESTS_KEPT)(turn_digest)
 
     def reconfigure(self, settings: RecallSettings) -> None:
         self._settings = settings
@@ -276,7 +278,7 @@ class Recall:
             return []
         kept = {t.key for t in prompt.kept}
         candidates = {
-            turn_digest(t.key): t
+            self._digest(t.key): t
             for t in (*conversation.folded, *conversation.turns)
             if t.complete and t.key not in kept
         }
