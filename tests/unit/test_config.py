@@ -214,3 +214,21 @@ def test_admin_token_from_the_environment_fills_an_empty_admin_section():
     assert parse_settings({**ONE_WORKER, "admin": None}, env=token).admin.token == "t" * 20
     with pytest.raises(ConfigError, match=r"admin: Input should be a valid dictionary"):
         parse_settings({**ONE_WORKER, "admin": 5}, env=token)
+
+
+def test_recall_is_off_by_default_and_needs_its_endpoint_when_on():
+    assert not parse_settings(ONE_WORKER, env={}).history.recall.enabled
+    with pytest.raises(ConfigError, match=r"history\.recall: .*needs url and model"):
+        parse_settings({**ONE_WORKER, "history": {"recall": {"enabled": True}}}, env={})
+    bad = [
+        ({"url": "embed:8000"}, r"history\.recall\.url: .*http\(s\) URL"),
+        ({"position": "first"}, r"history\.recall\.position"),
+        ({"top_k": 0}, r"history\.recall\.top_k"),
+        ({"min_similarity": 2}, r"history\.recall\.min_similarity"),
+    ]
+    for recall, named in bad:
+        with pytest.raises(ConfigError, match=named):
+            parse_settings({**ONE_WORKER, "history": {"recall": recall}}, env={})
+    on = {"enabled": True, "url": "http://127.0.0.1:8000/v1/embeddings", "model": "bge"}
+    recall = parse_settings({**ONE_WORKER, "history": {"recall": on}}, env={}).history.recall
+    assert recall.position == "before_last" and recall.query_timeout == 0.15

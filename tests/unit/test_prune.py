@@ -138,3 +138,29 @@ def test_the_system_prompt_and_new_messages_alone_over_the_body_limit_are_a_413(
     assert contents(fit_body(prompt, 0, alone)) == ["be brief", "q2"]
     with pytest.raises(PayloadTooLarge, match=r"limits\.max_body_bytes"):
         fit_body(prompt, 0, alone - 1)
+
+
+def test_a_reserved_share_of_the_budget_is_held_back_from_the_turns_only():
+    history = conversation(turn(0, system=True), turn(1), turn(2), turn(3))
+    new = [{"role": "user", "content": "q4"}]
+    room = 5 + 10 + REPLY_PRIMING_TOKENS + 2 * 20 + 15
+    assert contents(build_prompt(history, new, [10], Budget(room + 50, 50)))[1:3] == ["q2", "a2"]
+    held = build_prompt(history, new, [10], Budget(room + 50, 50, reserved=20))
+    assert contents(held) == ["be brief", "q3", "a3", "q4"]
+    # the new message is judged against the whole budget: a reserve never makes a turn a 400
+    alone = Budget(5 + 10 + REPLY_PRIMING_TOKENS, 0, reserved=100)
+    assert contents(build_prompt(history, new, [10], alone)) == ["be brief", "q4"]
+
+
+def test_the_recall_message_goes_before_the_new_messages_or_after_the_system_prompt():
+    from router.orchestrator.recall import with_recall
+
+    history = conversation(turn(0, system=True), turn(1))
+    prompt = build_prompt(history, [{"role": "user", "content": "q2"}], [10], Budget(1000, 0))
+    recall = orjson.dumps({"role": "system", "content": "R"})
+    last = with_recall(prompt, recall, 7, "before_last")
+    assert contents(last) == ["be brief", "q0", "a0", "q1", "a1", "R", "q2"]
+    assert last.tokens == prompt.tokens + 7 and last.head == prompt.head
+    first = with_recall(prompt, recall, 7, "after_system")
+    assert contents(first) == ["be brief", "R", "q0", "a0", "q1", "a1", "q2"]
+    assert first.head == prompt.head + 1
