@@ -41,6 +41,7 @@ class Embedder:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
         self.fail_next = 0
+        self.fail_containing: tuple[str, int] | None = None  # (text, how many times)
         self.delay = 0.0
         self.open = 0
         self.most_open = 0
@@ -53,8 +54,8 @@ class Embedder:
         self.most_open = max(self.most_open, self.open)
         try:
             await asyncio.sleep(self.delay)
-            if self.fail_next:
-                self.fail_next -= 1
+            if self.fail_next or self._fails_for(body["input"]):
+                self.fail_next = max(0, self.fail_next - 1)
                 return web.json_response({"error": {"message": "embedder down"}}, status=503)
             data = [
                 {"object": "embedding", "index": i, "embedding": embed_text(text, 64)}
@@ -63,6 +64,16 @@ class Embedder:
             return web.json_response({"object": "list", "data": data, "model": body["model"]})
         finally:
             self.open -= 1
+
+
+    def _fails_for(self, texts: list[str]) -> bool:
+        if self.fail_containing is None:
+            return False
+        text, times = self.fail_containing
+        if times and any(text in t for t in texts):
+            self.fail_containing = (text, times - 1)
+            return True
+        return False
 
 
 @pytest.fixture
@@ -218,11 +229,12 @@ async def test_a_failed_batch_is_retried_before_it_is_given_up(
     upstream, embedder, router_in_process, http
 ):
     texts = [FACT, *(FILLER.format(p) for p in PLACES)]
-    async with router_in_process(settings_for(upstream.url, history=recall_on(embedder))) as url:
-        await converse(http, url, "s", texts[:7])
-        embedder.fail_next = 1  # the next call (a query or the first batch) fails once
+    embedder.fail_containing = (FACT, 2)  # the batch with the fact's turn fails twice
+    history = recall_on(embedder, attempts=3)
+    async with router_in_process(settings_for(upstream.url, history=history)) as url:
         await converse(http, url, "s", texts)
         assert await embedded(http, url, "s", FACT)
+    assert sum(1 for call in embedder.calls if any(FACT in t for t in call)) == 3
 
 
 async def test_pruned_turns_are_embedded_in_batches_across_a_restart_on_redis(
@@ -317,3 +329,19 @@ async def test_the_vector_cache_gives_the_stored_blob_reading_only_the_tail(
     tails = Watched.starts[0::2]  # the cache's reads (each is followed by a whole one)
     assert tails[0] == 0 and all(start > 0 for start in tails[1:4]), tails
     assert cache.held_bytes == 0
+
+
+async def test_a_router_stops_promptly_with_turns_still_waiting_to_be_embedded(
+    upstream, embedder, router_in_process, http
+):
+    embedder.delay = 4.0  # every embedding call hangs past the router's stop
+    history = recall_on(embedder, timeout=10.0)
+    texts = [FACT, *(FILLER.format(p) for p in PLACES)]
+    context = router_in_process(settings_for(upstream.url, history=history))
+    url = await context.__aenter__()
+    try:
+        await converse(http, url, "s", texts)  # turns answer although nothing gets embedded
+    finally:
+        started = time.perf_counter()
+        await context.__aexit__(None, None, None)
+    assert time.perf_counter() - started < 2.0
