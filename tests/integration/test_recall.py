@@ -13,10 +13,14 @@ import pytest
 from aiohttp import web
 
 from router.config import RecallSettings, StoreSettings
+from router.metrics import Metrics
 from router.orchestrator.embeddings import EmbeddingClient
+from router.orchestrator.history import decode_history, encode_entry
+from router.orchestrator.index_turns import TurnIndexer
 from router.orchestrator.recall import INTRO
 from router.orchestrator.vector_cache import VectorCache
 from router.sim.embeddings import embed_text
+from router.store import MemoryStore
 from router.store.redis import RedisStore
 from router.store.vectors import VectorBatch, turn_digest
 from tests.conftest import counted, serving
@@ -58,7 +62,8 @@ class Embedder:
                 self.fail_next = max(0, self.fail_next - 1)
                 return web.json_response({"error": {"message": "embedder down"}}, status=503)
             data = [
-                {"object": "embedding", "index": i, "embedding": embed_text(text, 64)}
+                {"object": "embedding", "index": i,
+                 "embedding": [3.0 * v for v in embed_text(text, 64)]}  # not unit length
                 for i, text in enumerate(body["input"])
             ]
             return web.json_response({"object": "list", "data": data, "model": body["model"]})
@@ -93,11 +98,13 @@ def recall_on(embedder: Embedder, **overrides: Any) -> dict[str, Any]:
     return {"max_prompt_tokens": 300, "default_max_tokens": 16, "recall": recall}
 
 
-async def ask(http, url, session, text, *, system=None, tenant=None):
+async def ask(http, url, session, text, *, system=None, max_tokens=None):
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": text})
     headers = {**SERVER, "x-session-id": session}
     body = {"model": "m", "messages": messages}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
         return resp.status, resp.headers, orjson.loads(await resp.read())
 
@@ -166,12 +173,16 @@ async def test_after_system_puts_the_recalled_turns_right_after_the_system_promp
 async def test_a_turn_still_in_the_window_is_never_recalled_again(
     upstream, embedder, router_in_process, http
 ):
-    texts = [*(FILLER.format(p) for p in PLACES), FACT]
+    fillers = [FILLER.format(p) for p in PLACES]
+    texts = [*fillers[:4], FACT, *fillers[4:7]]  # the fact is the fourth turn from the end
     async with router_in_process(settings_for(upstream.url, history=recall_on(embedder))) as url:
-        await converse(http, url, "s", texts)
-        assert await embedded(http, url, "s", FILLER.format(PLACES[0]))
-        status, headers, _ = await ask(http, url, "s", QUESTION)
-    prompt = upstream.prompts[-1]
+        for index, text in enumerate(texts):  # a large max_tokens: a window of about 2 turns
+            assert (await ask(http, url, "s", text, max_tokens=120))[0] == 200
+            await stored(http, url, "s", turns=index + 1)
+        assert await embedded(http, url, "s", FACT)
+        status, headers, _ = await ask(http, url, "s", QUESTION, max_tokens=1)
+    prompt = upstream.prompts[-1]  # a small one: the window grew back over the fact's turn
+    assert FACT in contents(prompt), "the fact's turn should be back in the window"
     assert status == 200 and headers["x-kvrouter-recalled"] == "0"
     assert contents(prompt).count(FACT) == 1 and recall_messages(prompt) == []
 
@@ -345,3 +356,27 @@ async def test_a_router_stops_promptly_with_turns_still_waiting_to_be_embedded(
         started = time.perf_counter()
         await context.__aexit__(None, None, None)
     assert time.perf_counter() - started < 2.0
+
+
+async def test_a_turn_whose_embedding_failed_is_not_offered_again(embedder):
+    embedder.fail_next = 10_000
+    settings = RecallSettings(enabled=True, url=embedder.url, model="emb", attempts=2,
+                              batch_wait=0)  # fmt: skip
+    store, metrics = MemoryStore(), Metrics()
+    client = EmbeddingClient(settings)
+    indexer = TurnIndexer(settings, client, store, metrics)
+    entries = [encode_entry(f"t{i}", 5, {"role": r, "content": f"{r} {i}"})
+               for i in range(3) for r in ("user", "assistant")]  # fmt: skip
+    await store.append_history("t", "s", "op", entries)
+    turns = decode_history(await store.read_history("t", "s")).turns
+    indexer.start()
+    try:
+        assert indexer.offer("t", "s", turns, -1) == 3
+        await asyncio.wait_for(indexer.idle.wait(), 10)
+        header = (await store.read_vectors("t", "s")).header
+        assert header is not None and header.through == turns[-1].last_index
+        assert indexer.offer("t", "s", turns, header.through) == 0
+    finally:
+        await indexer.close()
+        await client.close()
+    assert len(embedder.calls) == 2  # one batch, tried twice, then given up

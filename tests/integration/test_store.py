@@ -300,6 +300,19 @@ async def test_a_copy_that_is_no_longer_a_prefix_is_answered_with_the_whole_blob
     assert names_in(again, "a", "b", "c") == ["c"]
 
 
+async def test_a_trimmed_blob_as_long_as_the_readers_copy_is_sent_whole(store):
+    await store.append_history("t", "s", "op1", [entry("a")])
+    names = [f"t{i}" for i in range(11)]
+    for i in range(9):  # 9 records: the cap (8) plus its slack
+        await store.add_vectors("t", "s", vectors(i, (i, names[i])), 8)
+    copy = await store.read_vectors("t", "s")
+    await store.add_vectors("t", "s", vectors(9, (9, names[9])), 8)  # trimmed back to 8
+    await store.add_vectors("t", "s", vectors(10, (10, names[10])), 8)  # 9 again: same length
+    again = await store.read_vectors("t", "s", (copy.header.generation, len(copy.data)))
+    assert len(again.data) == len(copy.data)
+    assert names_in(again, *names) == names[2:]
+
+
 async def test_vectors_are_tenant_scoped_and_forgotten_with_the_session(store):
     await store.append_history("t", "s", "op1", [entry("a")])
     await store.append_history("u", "s", "op1", [entry("a")])
