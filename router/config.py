@@ -254,9 +254,10 @@ class RetrySettings(BaseModel):
     @field_validator("on_status")
     @classmethod
     def _server_errors(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        bad = [s for s in value if not 500 <= s <= 599]
+        bad = [i for i, s in enumerate(value) if not 500 <= s <= 599]
         if bad:
-            raise ValueError(f"only 5xx statuses can be retried, got {bad}")
+            got = ", ".join(f"item {i}: {value[i]}" for i in bad)
+            raise ValueError(f"only 5xx statuses can be retried, got {got}")
         return value
 
 
