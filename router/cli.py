@@ -19,10 +19,18 @@ def _listen(value: str) -> tuple[str, int]:
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
     from router.config import load_settings
+    from router.processes.role import ProcessRole
+    from router.processes.supervisor import check_processes, run_processes
     from router.server import run
 
     settings = load_settings(ns.config)
     host, port = ns.listen if ns.listen else (settings.host, settings.port)
+    if ns.child is not None:
+        run(settings, host, port, ns.config, ProcessRole.parse(ns.child))
+        return 0
+    check_processes(settings, ns.processes, port)
+    if ns.processes > 1:
+        return run_processes(settings, ns.config, host, port, ns.processes)
     run(settings, host, port, ns.config)
     return 0
 
@@ -78,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the router")
     serve.add_argument("--config", default="router.yaml", help="path to router.yaml")
     serve.add_argument("--listen", type=_listen, help="HOST:PORT, overrides `listen` in the file")
+    serve.add_argument(
+        "--processes", type=int, default=1, metavar="N",
+        help="N router processes accepting on one port (needs store.url unless pins and "
+        "history are off)",
+    )  # fmt: skip
+    serve.add_argument("--child", help=argparse.SUPPRESS)  # set by the supervisor only
     serve.set_defaults(func=_cmd_serve)
 
     check = commands.add_parser(

@@ -746,3 +746,16 @@ def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settin
 def dump_settings(settings: Settings) -> str:
     """The effective configuration as YAML, defaults filled in."""
     return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+
+
+def per_process_state(settings: Settings) -> list[str]:
+    """The enabled features whose state stays in one process without a shared store (no
+    `store.url`): several router processes would each keep their own and disagree."""
+    if settings.store.url is not None:
+        return []
+    features = []
+    if settings.routing.pins.enabled:
+        features.append("routing.pins.enabled")
+    if settings.history.enabled:
+        features.append("history.enabled")
+    return features

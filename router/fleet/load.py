@@ -209,6 +209,9 @@ class LoadMonitor:
         self._metrics = metrics
         self._rng = rng or random.Random()
         self._tasks = PerWorkerTasks(pool, "load", self._scrape_forever, loads.forget)
+        self.on_reading: Callable[[Worker, LoadReading | None], None] | None = None
+        """Told every scrape's figures (None when it failed): how other router processes
+        learn them (`router.processes`)."""
         self.reconfigure(settings)
 
     def reconfigure(self, settings: LoadSettings) -> None:
@@ -248,10 +251,16 @@ class LoadMonitor:
             self._loads.failed(worker)
             metrics.load_scrape_failures.labels(worker.name).inc()
             log.debug("load scrape of %s failed: %s", worker.name, err or type(err).__name__)
+            self._tell(worker, None)
             return False
         self._loads.record(worker, reading)
+        self._tell(worker, reading)
         metrics.worker_running.labels(worker.name).set(reading.running or 0.0)
         metrics.worker_waiting.labels(worker.name).set(reading.waiting or 0.0)
         if reading.kv_usage is not None:
             metrics.worker_kv_usage.labels(worker.name).set(reading.kv_usage)
         return True
+
+    def _tell(self, worker: Worker, reading: LoadReading | None) -> None:
+        if self.on_reading is not None:
+            self.on_reading(worker, reading)

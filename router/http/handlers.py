@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from router.errors import NoHealthyWorker
@@ -60,10 +58,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     root = request.app[ROOT]
+    root.refresh_gauges()
     metrics = root.metrics
-    now = time.monotonic()
-    for worker in root.pool:
-        metrics.worker_healthy.labels(worker.name).set(1 if worker.available else 0)
-        metrics.worker_inflight.labels(worker.name).set(worker.inflight)
-        metrics.worker_load_fresh.labels(worker.name).set(root.loads.fresh(worker, now))
     return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})

@@ -237,8 +237,7 @@ class Placement:
             self._served.reconfigure(drain.idle)
         self._pins = settings.enabled and balancer.keyed
         self._keyed = balancer.keyed
-        metrics.routing_policy.clear()
-        metrics.routing_policy.labels(balancer.name).set(1)
+        metrics.set_policy(balancer.name)
         self._placed = {r: metrics.placements.labels(balancer.name, r.value) for r in Route}
 
     async def place(
