@@ -6,6 +6,7 @@ process; and without a shared store several processes are refused."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -199,3 +200,24 @@ def test_several_processes_without_a_shared_store_are_refused(tmp_path):
     assert refused.returncode == 2
     assert "store.url" in refused.stderr and "routing.pins.enabled" in refused.stderr
     assert "history.enabled" in refused.stderr
+
+
+async def test_a_killed_child_is_started_again_and_an_orphan_stops(
+    sim_fleet, shared_store, tmp_path
+):
+    fleet = sim_fleet(1, "--time-scale", "0")
+    router = RouterProcess.start(fleet.config(store=shared_store), tmp_path, processes=2)
+    try:
+        await until(lambda: len(children(router.proc.pid)) == 2)
+        first = children(router.proc.pid)
+        os.kill(first[1], signal.SIGKILL)
+        await until(lambda: len(set(children(router.proc.pid)) - set(first)) == 1, timeout=10)
+        results = await fresh_connection_turns(router.url, [f"r{i}" for i in range(20)])
+        assert {r["status"] for r in results} == {"200"}
+
+        survivors = children(router.proc.pid)
+        router.proc.kill()  # the supervisor dies without a word: its children must not linger
+        router.proc.wait(5)
+        await until(lambda: not any(alive(pid) for pid in survivors), timeout=15)
+    finally:
+        router.stop()
