@@ -88,7 +88,7 @@ class Router:
             settings.metrics.prefix, role.metrics_dir if role is not None else None
         )
         self._gauges: asyncio.Task[None] | None = None
-        self.on_supervisor_gone: asyncio.Event = asyncio.Event()
+        self.supervisor_gone: asyncio.Event = asyncio.Event()
         self.pool = pool = WorkerPool()
         self.failures = FailureCounts()
         self.passive = PassiveHealth(
@@ -199,7 +199,7 @@ class Router:
             self.checker.start()
             self.monitor.start()
         if self.role is not None:
-            await self.siblings.open(self._follow, self.on_supervisor_gone.set)
+            await self.siblings.open(self._follow, self.supervisor_gone.set)
             self._gauges = asyncio.get_running_loop().create_task(
                 self._refresh_gauges_forever(), name="gauges"
             )

@@ -107,7 +107,7 @@ async def serve(
             print(f"kvrouter listening on http://{address[0]}:{address[1]}{who}", flush=True)
         if settings.admin.token and root.observes:
             print(f"kvrouter admin API on http://{settings.admin.listen}", flush=True)
-        waits = (loop.create_task(stop.wait()), loop.create_task(root.on_supervisor_gone.wait()))
+        waits = (loop.create_task(stop.wait()), loop.create_task(root.supervisor_gone.wait()))
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in waits:
             task.cancel()
