@@ -23,6 +23,7 @@ from router.fleet.load import LoadMonitor, Loads
 from router.fleet.membership import Membership
 from router.fleet.passive import FailureCounts, PassiveHealth
 from router.fleet.workers import Worker, WorkerPool
+from router.http.access_log import AccessLog
 from router.http.auth import Authenticator
 from router.http.connections import ClientGuard
 from router.metrics import Metrics
@@ -97,6 +98,7 @@ class Router:
         self.authenticator = Authenticator(settings.auth)
         self.trusted_proxies = TrustedProxies(settings.proxy.trusted_proxies)
         self.clients = ClientGuard(settings.limits, metrics)
+        self.access_log = AccessLog(settings.logging) if settings.logging.access.enabled else None
         self.upstream = UpstreamClient(
             connect_timeout=settings.timeouts.connect,
             max_per_worker=settings.limits.max_connections_per_worker,
