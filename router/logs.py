@@ -3,8 +3,8 @@
 Every record goes to stderr through one handler on the root logger: `text`, a line for people,
 or `json`, one JSON object per line for every record (time, level, logger, message, any
 fields passed with `extra=`, and the traceback as `exc_info`), for a log pipeline. The access
-log (`router.http.access_log`) writes to the logger `kvrouter.access` at INFO, so it is written
-whatever `--log-level` says for the rest.
+log (`router.http.access_log`) writes its records to stderr itself, in the same shapes, named
+`kvrouter.access`, whatever `--log-level` says.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ def formatter(fmt: str) -> logging.Formatter:
 
 
 def configure_logging(settings: LoggingSettings, level: str = "WARNING") -> None:
-    """Route every record to stderr in the configured format, at `level` (the access logger
-    at INFO when the access log is on, else it follows `level`). Replaces the root logger's
-    handlers, so calling it again (once the configuration is read) changes the format."""
+    """Route every record to stderr in the configured format, at `level`. Replaces the root
+    logger's handlers, so calling it again (once the configuration is read) changes the
+    format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(settings.format))
     root = logging.getLogger()
@@ -49,5 +49,3 @@ def configure_logging(settings: LoggingSettings, level: str = "WARNING") -> None
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
-    access = logging.getLogger(ACCESS_LOGGER)
-    access.setLevel(logging.INFO if settings.access.enabled else logging.NOTSET)
