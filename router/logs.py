@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -24,11 +25,26 @@ ACCESS_LOGGER = "kvrouter.access"
 JSON_FIELDS = {"levelname": "level", "name": "logger", "message": "message"}
 
 
+def utf8_text(value: str) -> str:
+    """`value`, with each lone surrogate (a byte that was not UTF-8 where text was expected,
+    such as a request header) written out as `\\udcXX`: strict JSON parsers refuse lone
+    surrogates, even escaped."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+class _JsonFormatter(JsonFormatter):
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        return {k: utf8_text(v) if isinstance(v, str) else v for k, v in log_data.items()}
+
+
 def formatter(fmt: str) -> logging.Formatter:
-    """The formatter of `logging.format`. JSON escapes every non-ASCII character, so a lone
-    surrogate (a byte that was not UTF-8 in a request) cannot make a record unwritable."""
+    """The formatter of `logging.format`; JSON is ASCII, and any text in it valid UTF-8."""
     if fmt == "json":
-        return JsonFormatter(
+        return _JsonFormatter(
             list(JSON_FIELDS),
             rename_fields={k: v for k, v in JSON_FIELDS.items() if k != v},
             timestamp="time",

@@ -27,7 +27,6 @@ formatter cost about 50 us a request, this about 6 us
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import time
@@ -41,7 +40,7 @@ from aiohttp import web
 
 from router.config import LoggingSettings
 from router.http.auth import TENANT
-from router.logs import ACCESS_LOGGER
+from router.logs import ACCESS_LOGGER, utf8_text
 from router.placement.session import RoutingKey
 from router.proxy.headers import REHOMED_HEADER, ROUTE_HEADER, WORKER_HEADER
 from router.proxy.relay import FIRST_BYTE_AT
@@ -137,7 +136,8 @@ def json_line(now: datetime, fields: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(record) + b"\n"
     except orjson.JSONEncodeError:  # a lone surrogate (a header byte that was not UTF-8)
-        return json.dumps(record).encode() + b"\n"
+        clean = {k: utf8_text(v) if isinstance(v, str) else v for k, v in record.items()}
+        return orjson.dumps(clean) + b"\n"
 
 
 def text_line(now: datetime, fields: dict[str, Any]) -> bytes:
