@@ -92,8 +92,10 @@ class Metrics:
             ["route"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.first_byte_seconds = Histogram(
-            f"{p}_time_to_first_byte_seconds", "Accept to first response byte, by route.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+            f"{p}_time_to_first_byte_seconds",
+            "Accept to first response byte (a stream's first event: time to first token), by "
+            "route and worker.",
+            ["route", "worker"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.upstream_errors = Counter(
             f"{p}_upstream_errors_total",
@@ -229,6 +231,12 @@ class Metrics:
             "the router's own in-flight count stands in.",
             ["worker"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+        self.worker_load_age = Gauge(
+            f"{p}_worker_load_age_seconds",
+            "Seconds since the worker's load figures were last scraped successfully (absent "
+            "until the first success).",
+            ["worker"], registry=r, multiprocess_mode="livemin",
+        )  # fmt: skip
         self.worker_running = Gauge(
             f"{p}_worker_running", "Requests running at the worker, as its last scrape said.",
             ["worker"], registry=r, multiprocess_mode="livemax",
@@ -310,7 +318,7 @@ class Metrics:
         stay: they are history)."""
         for gauge in (
             self.worker_healthy, self.worker_inflight, self.worker_load_fresh,
-            self.worker_running, self.worker_waiting, self.worker_kv_usage,
+            self.worker_load_age, self.worker_running, self.worker_waiting, self.worker_kv_usage,
         ):  # fmt: skip
             if self.shared:  # value files cannot drop a series: it reads 0 instead
                 gauge.labels(name).set(0)

@@ -41,6 +41,7 @@ RESTART_KEYS: tuple[str, ...] = (
     "proxy.prefixes",  # the app's routes
     "history.enabled",  # the app's routes
     "shutdown_grace",  # the HTTP server's shutdown timeout
+    "logging",  # the log handler's format and the app's access-log middleware
     # access control
     "admin.listen",  # the admin API's listening socket
 )

@@ -26,6 +26,7 @@ from router.fleet.load import LoadMonitor, Loads
 from router.fleet.membership import Membership
 from router.fleet.passive import FailureCounts, PassiveHealth
 from router.fleet.workers import Worker, WorkerPool
+from router.http.access_log import AccessLog
 from router.http.auth import Authenticator
 from router.http.connections import ClientGuard
 from router.metrics import Metrics
@@ -112,6 +113,7 @@ class Router:
         self.authenticator = Authenticator(settings.auth)
         self.trusted_proxies = TrustedProxies(settings.proxy.trusted_proxies)
         self.clients = ClientGuard(settings.limits, metrics)
+        self.access_log = AccessLog(settings.logging) if settings.logging.access.enabled else None
         self.upstream = UpstreamClient(
             connect_timeout=settings.timeouts.connect,
             max_per_worker=settings.limits.max_connections_per_worker,
@@ -175,6 +177,9 @@ class Router:
             metrics.worker_healthy.labels(worker.name).set(1 if worker.available else 0)
             metrics.worker_inflight.labels(worker.name).set(worker.inflight)
             metrics.worker_load_fresh.labels(worker.name).set(self.loads.fresh(worker, now))
+            age = self.loads.age(worker, now)
+            if age is not None:
+                metrics.worker_load_age.labels(worker.name).set(age)
 
     async def _refresh_gauges_forever(self) -> None:
         """With several processes a scrape is answered by one of them from every process's

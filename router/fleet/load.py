@@ -123,6 +123,11 @@ class Loads:
         snap = self._snapshots.get(worker.name)
         return snap is not None and snap.at > 0 and now - snap.at <= self._stale_after
 
+    def age(self, worker: Worker, now: float) -> float | None:
+        """Seconds since the worker's last successful scrape; None before the first."""
+        snap = self._snapshots.get(worker.name)
+        return now - snap.at if snap is not None and snap.at > 0 else None
+
     def estimate(self, worker: Worker, now: float | None = None) -> Estimate:
         """Running and waiting now: the scrape's figures plus what the router sent since,
         less what finished; the router's own in-flight count when the figures are stale."""

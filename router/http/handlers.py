@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from router.errors import NoHealthyWorker
+from router.http.access_log import ROUTING_KEY
 from router.http.auth import TENANT
 from router.http.common import ROOT, json_response, read_body, request_id_of
 from router.http.models import list_models
@@ -22,7 +23,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     extractor = root.extractor
     query = query_values(request.rel_url.raw_query_string)
     view = RequestView(request.headers, query, body if extractor.needs_body else b"")
-    key = extractor.extract(view, tenant=request.get(TENANT))
+    key = request[ROUTING_KEY] = extractor.extract(view, tenant=request.get(TENANT))
     headers = upstream_headers(
         request, request_id, trusted=root.trusted_proxies, drop_authorization=TENANT in request
     )
