@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-routing bench-failover bench-decision bench-history bench-recall clean
+.PHONY: demo test lint bench bench-routing bench-failover bench-decision bench-history bench-processes bench-recall clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,6 +32,11 @@ bench-routing: $(STAMP)  ## policies in three load regimes vs the oracle and the
 
 bench-failover: $(STAMP)  ## one worker killed and restarted mid-run, per return-home option: errors, cut and resumed streams, resume pauses vs a control burst (~4 min; QUICK=1: ~1.5 min)
 	$(PY) -m loadtests.failover $(if $(QUICK),--quick)
+
+bench-processes: $(STAMP)  ## --processes 1 vs 2 vs vllm-router on the whole machine (needs wrk and Redis on :6379; ~9 min)
+	@command -v wrk >/dev/null || { echo "bench-processes needs wrk: apt-get install -y wrk"; exit 2; }
+	@test -x $(VENV)/bin/vllm-router || $(PY) -m pip install --quiet vllm-router
+	$(PY) -m router.tooling.bench.processes_bench
 
 bench-decision: $(STAMP)  ## placement decision cost with 64 workers (p50/p99)
 	$(PY) -m router.tooling.bench.decision_cost

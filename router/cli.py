@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from router.errors import ConfigError
+from router.logs import TEXT_FORMAT
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -19,10 +20,20 @@ def _listen(value: str) -> tuple[str, int]:
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
     from router.config import load_settings
+    from router.logs import configure_logging
+    from router.processes.role import ProcessRole
+    from router.processes.supervisor import check_processes, run_processes
     from router.server import run
 
     settings = load_settings(ns.config)
+    configure_logging(settings.logging, ns.log_level)
     host, port = ns.listen if ns.listen else (settings.host, settings.port)
+    if ns.child is not None:
+        run(settings, host, port, ns.config, ProcessRole.parse(ns.child))
+        return 0
+    check_processes(settings, ns.processes, port)
+    if ns.processes > 1:
+        return run_processes(settings, ns.config, host, port, ns.processes)
     run(settings, host, port, ns.config)
     return 0
 
@@ -78,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the router")
     serve.add_argument("--config", default="router.yaml", help="path to router.yaml")
     serve.add_argument("--listen", type=_listen, help="HOST:PORT, overrides `listen` in the file")
+    serve.add_argument(
+        "--processes", type=int, default=1, metavar="N",
+        help="N router processes accepting on one port (needs store.url unless pins and "
+        "history are off)",
+    )  # fmt: skip
+    serve.add_argument("--child", help=argparse.SUPPRESS)  # set by the supervisor only
     serve.set_defaults(func=_cmd_serve)
 
     check = commands.add_parser(
@@ -111,9 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=ns.log_level.upper(), format=TEXT_FORMAT)
     try:
         return ns.func(ns)
     except ConfigError as err:

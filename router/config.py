@@ -445,6 +445,28 @@ class MetricsSettings(BaseModel):
     prefix: str = Field(default="kvrouter", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
+class AccessLogSettings(BaseModel):
+    """One record per request at its end (logger `kvrouter.access`). Off by default: it costs
+    CPU on every request. The session id is never logged, only a keyed hash of it."""
+
+    model_config = _STRICT
+    enabled: bool = False
+    hash_key: str | None = Field(
+        default=None, min_length=16,
+        description="secret key of the session hash (or KVROUTER_ACCESS_LOG_HASH_KEY); unset: "
+        "an unkeyed hash, which anyone can recompute from a guessed session id",
+    )  # fmt: skip
+
+
+class LoggingSettings(BaseModel):
+    """How log records are written (to stderr): `text` lines for people, or `json`, one JSON
+    object per line for every record, for a log pipeline."""
+
+    model_config = _STRICT
+    format: Literal["text", "json"] = "text"
+    access: AccessLogSettings = AccessLogSettings()
+
+
 class AdminSettings(BaseModel):
     """The operator API under /admin/ is off unless a token is set. It is served on a listener
     of its own, `listen` (loopback by default), never on the public one."""
@@ -661,6 +683,7 @@ class Settings(BaseModel):
     limits: LimitSettings = LimitSettings()
     proxy: ProxySettings = ProxySettings()
     metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
     admin: AdminSettings = AdminSettings()
     shutdown_grace: PositiveSeconds = 30.0
     load: LoadSettings = LoadSettings()
@@ -741,14 +764,29 @@ class Settings(BaseModel):
         return int(self.listen.rpartition(":")[2])
 
 
+def _with(section: Any, key: str, values: dict[str, Any]) -> Any:
+    """`section` (a mapping from the file) with `values` merged into its `key` mapping; a
+    section or key that is not a mapping is left as it is, for validation to name."""
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        return section
+    inner = section.get(key)
+    if inner is not None and not isinstance(inner, dict):
+        return section
+    return {**section, key: {**(inner or {}), **values}}
+
+
 def _apply_env(raw: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """`KVROUTER_LISTEN=host:port`, `KVROUTER_WORKERS=url,url` and `KVROUTER_ADMIN_TOKEN`
-    override the file."""
+    """`KVROUTER_LISTEN=host:port`, `KVROUTER_WORKERS=url,url`, `KVROUTER_ADMIN_TOKEN` and
+    `KVROUTER_ACCESS_LOG_HASH_KEY` override the file."""
     merged = dict(raw)
     if listen := env.get("KVROUTER_LISTEN"):
         merged["listen"] = listen
     if workers := env.get("KVROUTER_WORKERS"):
         merged["workers"] = [{"url": u.strip()} for u in workers.split(",") if u.strip()]
+    if hash_key := env.get("KVROUTER_ACCESS_LOG_HASH_KEY"):
+        merged["logging"] = _with(merged.get("logging"), "access", {"hash_key": hash_key})
     admin = merged.get("admin")
     if (token := env.get("KVROUTER_ADMIN_TOKEN")) and (admin is None or isinstance(admin, dict)):
         merged["admin"] = {**(admin or {}), "token": token}  # else validation names `admin`
@@ -812,3 +850,16 @@ def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settin
 def dump_settings(settings: Settings) -> str:
     """The effective configuration as YAML, defaults filled in."""
     return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+
+
+def per_process_state(settings: Settings) -> list[str]:
+    """The enabled features whose state stays in one process without a shared store (no
+    `store.url`): several router processes would each keep their own and disagree."""
+    if settings.store.url is not None:
+        return []
+    features = []
+    if settings.routing.pins.enabled:
+        features.append("routing.pins.enabled")
+    if settings.history.enabled:
+        features.append("history.enabled")
+    return features

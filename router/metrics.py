@@ -6,11 +6,15 @@ one process, as in the tests, never share counters. Names are stable, documented
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
@@ -64,8 +68,20 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, prefix: str = "kvrouter") -> None:
+    def __init__(self, prefix: str = "kvrouter", shared_dir: str | None = None) -> None:
+        """`shared_dir`: the directory where every process of a `--processes N` router keeps
+        its values (prometheus-client's multiprocess mode, which the process must have been
+        started in: `PROMETHEUS_MULTIPROC_DIR` set before the library was imported); then
+        `render` shows the sum over all of them, not this process's values."""
         self.registry = CollectorRegistry(auto_describe=True)
+        self._exposed = self.registry
+        self.shared = shared_dir is not None
+        self._policies: set[str] = set()
+        if shared_dir is not None:
+            if os.environ.get(MULTIPROC_ENV) != shared_dir:
+                raise RuntimeError(f"shared metrics need {MULTIPROC_ENV}={shared_dir} at start")
+            self._exposed = CollectorRegistry()
+            MultiProcessCollector(self._exposed, path=shared_dir)
         r, p = self.registry, prefix
         self.requests = Counter(
             f"{p}_requests_total", "Proxied requests by route, worker and status.",
@@ -76,8 +92,10 @@ class Metrics:
             ["route"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.first_byte_seconds = Histogram(
-            f"{p}_time_to_first_byte_seconds", "Accept to first response byte, by route.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+            f"{p}_time_to_first_byte_seconds",
+            "Accept to first response byte (a stream's first event: time to first token), by "
+            "route and worker.",
+            ["route", "worker"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.upstream_errors = Counter(
             f"{p}_upstream_errors_total",
@@ -94,7 +112,7 @@ class Metrics:
         )  # fmt: skip
         self.client_connections = Gauge(
             f"{p}_client_connections", "Client connections open now (refused ones included).",
-            registry=r,
+            registry=r, multiprocess_mode="livesum",
         )
         self.client_timeouts = Counter(
             f"{p}_client_timeouts_total",
@@ -108,11 +126,11 @@ class Metrics:
         )
         self.worker_healthy = Gauge(
             f"{p}_worker_healthy", "1 when the worker takes traffic, else 0.",
-            ["worker"], registry=r,
+            ["worker"], registry=r, multiprocess_mode="livemin",
         )  # fmt: skip
         self.worker_inflight = Gauge(
             f"{p}_worker_inflight", "Requests the router has open on each worker.",
-            ["worker"], registry=r,
+            ["worker"], registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         self.health_transitions = Counter(
             f"{p}_worker_health_transitions_total",
@@ -217,7 +235,7 @@ class Metrics:
         # Placement: policies, sticky moves and re-homing (router.placement.place).
         self.routing_policy = Gauge(
             f"{p}_routing_policy", "1 for the placement policy in use (routing.policy).",
-            ["policy"], registry=r,
+            ["policy"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.placements = Counter(
             f"{p}_placements_total",
@@ -245,20 +263,26 @@ class Metrics:
             f"{p}_worker_load_fresh",
             "1 when placement uses the worker's own load figures, 0 when they are stale and "
             "the router's own in-flight count stands in.",
-            ["worker"], registry=r,
+            ["worker"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.worker_load_age = Gauge(
+            f"{p}_worker_load_age_seconds",
+            "Seconds since the worker's load figures were last scraped successfully (absent "
+            "until the first success).",
+            ["worker"], registry=r, multiprocess_mode="livemin",
         )  # fmt: skip
         self.worker_running = Gauge(
             f"{p}_worker_running", "Requests running at the worker, as its last scrape said.",
-            ["worker"], registry=r,
+            ["worker"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.worker_waiting = Gauge(
             f"{p}_worker_waiting", "Requests waiting at the worker, as its last scrape said.",
-            ["worker"], registry=r,
+            ["worker"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.worker_kv_usage = Gauge(
             f"{p}_worker_kv_usage",
             "KV-cache usage (0 to 1) at the worker, as its last scrape said.",
-            ["worker"], registry=r,
+            ["worker"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.pin_operations = Counter(
             f"{p}_pin_operations_total",
@@ -291,7 +315,7 @@ class Metrics:
             f"{p}_discovery_up",
             "1 when the discovery source's last lookup succeeded; 0 while it fails and the "
             "last good worker list stays in use.",
-            ["source"], registry=r,
+            ["source"], registry=r, multiprocess_mode="livemin",
         )  # fmt: skip
         self.discovery_failures = Counter(
             f"{p}_discovery_failures_total", "Discovery lookups that failed, by source.",
@@ -300,7 +324,7 @@ class Metrics:
         self.discovery_last_success = Gauge(
             f"{p}_discovery_last_success_timestamp_seconds",
             "When the discovery source last returned a worker list (Unix time).",
-            ["source"], registry=r,
+            ["source"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.membership_changes = Counter(
             f"{p}_membership_changes_total",
@@ -328,16 +352,29 @@ class Metrics:
         stay: they are history)."""
         for gauge in (
             self.worker_healthy, self.worker_inflight, self.worker_load_fresh,
-            self.worker_running, self.worker_waiting, self.worker_kv_usage,
+            self.worker_load_age, self.worker_running, self.worker_waiting, self.worker_kv_usage,
         ):  # fmt: skip
+            if self.shared:  # value files cannot drop a series: it reads 0 instead
+                gauge.labels(name).set(0)
+                continue
             try:
                 gauge.remove(name)
             except KeyError:
                 pass
+
+    def set_policy(self, name: str) -> None:
+        """`routing_policy` says 1 for `name` only."""
+        if self.shared:  # value files cannot drop a series: the others read 0
+            for old in self._policies - {name}:
+                self.routing_policy.labels(old).set(0)
+        else:
+            self.routing_policy.clear()
+        self._policies.add(name)
+        self.routing_policy.labels(name).set(1)
 
     def store_call(self, op: str, store: str) -> Timed:
         """`with metrics.store_call("read", store.name):` times one successful store call."""
         return Timed(self.store_seconds.labels(op, store))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)

@@ -43,6 +43,7 @@ RESTART_KEYS: tuple[str, ...] = (
     "history.enabled",  # the app's routes
     "history.recall.max_connections",  # the embeddings client's connection bound
     "shutdown_grace",  # the HTTP server's shutdown timeout
+    "logging",  # the log handler's format and the app's access-log middleware
     # access control
     "admin.listen",  # the admin API's listening socket
 )

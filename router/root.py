@@ -9,7 +9,10 @@ them keeps a private copy of its settings that it cannot be told about. The aioh
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 
 import aiohttp
 
@@ -23,6 +26,7 @@ from router.fleet.load import LoadMonitor, Loads
 from router.fleet.membership import Membership
 from router.fleet.passive import FailureCounts, PassiveHealth
 from router.fleet.workers import Worker, WorkerPool
+from router.http.access_log import AccessLog
 from router.http.auth import Authenticator
 from router.http.connections import ClientGuard
 from router.metrics import Metrics
@@ -37,6 +41,9 @@ from router.orchestrator.turn import Orchestrator
 from router.placement.calls import WorkerCalls
 from router.placement.place import Balancer, Placement
 from router.placement.session import KeyExtractor
+from router.processes import follow
+from router.processes.channel import Message, Siblings
+from router.processes.role import ProcessRole
 from router.proxy.forward import Forwarder
 from router.proxy.headers import TrustedProxies
 from router.proxy.outcomes import Outcomes
@@ -47,6 +54,7 @@ from router.store import SessionStore, make_store
 log = logging.getLogger("kvrouter")
 
 SHUTDOWN_WRITE_GRACE = 5.0
+GAUGE_REFRESH_SECONDS = 1.0
 
 
 def client_session(settings: Settings) -> aiohttp.ClientSession:
@@ -71,12 +79,20 @@ def client_session(settings: Settings) -> aiohttp.ClientSession:
 
 class Router:
     """Every component of one router, and their lifecycle. Built inside a running event loop
-    (its HTTP clients bind to it)."""
+    (its HTTP clients bind to it). `role` is set in each child of a `--processes N` router
+    (`router.processes`): only the leader probes and scrapes workers, and what it sees and what
+    the operator changes reaches the others through `siblings`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, role: ProcessRole | None = None) -> None:
         self.settings = settings
         self.stopping = False
-        self.metrics = metrics = Metrics(settings.metrics.prefix)
+        self.role = role
+        self.siblings = Siblings(role)
+        self.metrics = metrics = Metrics(
+            settings.metrics.prefix, role.metrics_dir if role is not None else None
+        )
+        self._gauges: asyncio.Task[None] | None = None
+        self.supervisor_gone: asyncio.Event = asyncio.Event()
         self.pool = pool = WorkerPool()
         self.failures = FailureCounts()
         self.passive = PassiveHealth(
@@ -100,6 +116,7 @@ class Router:
         self.authenticator = Authenticator(settings.auth)
         self.trusted_proxies = TrustedProxies(settings.proxy.trusted_proxies)
         self.clients = ClientGuard(settings.limits, metrics)
+        self.access_log = AccessLog(settings.logging) if settings.logging.access.enabled else None
         self.upstream = UpstreamClient(
             connect_timeout=settings.timeouts.connect,
             max_per_worker=settings.limits.max_connections_per_worker,
@@ -134,6 +151,53 @@ class Router:
         self.monitor = LoadMonitor(
             pool, self.loads, settings.load, self._metric_names, self.client, metrics
         )
+        if self.siblings.publishing:
+            siblings = self.siblings
+            self.checker.on_result = lambda w, ok, refused: siblings.publish(
+                follow.health(w, ok, refused)
+            )
+            self.monitor.on_reading = lambda w, r: siblings.publish(follow.load(w, r))
+
+    @property
+    def observes(self) -> bool:
+        """Whether this process probes and scrapes workers itself (one process, or the
+        leader of several)."""
+        return self.role is None or self.role.leader
+
+    def drain(self, worker: Worker) -> None:
+        """The operator's drain (`router.fleet.drain`), in every process."""
+        self.drains.begin(worker, remove=False, reason="admin")
+        self.siblings.publish(follow.operator("drain", worker))
+
+    def undrain(self, worker: Worker) -> None:
+        self.drains.cancel(worker)
+        self.siblings.publish(follow.operator("undrain", worker))
+
+    def set_weight(self, worker: Worker, weight: float) -> None:
+        self.pool.set_weight(worker, weight)
+        self.siblings.publish(follow.operator("weight", worker, weight=weight))
+
+    def refresh_gauges(self, now: float | None = None) -> None:
+        """Set the per-worker gauges read at scrape time (health, in-flight, load freshness)."""
+        metrics = self.metrics
+        now = time.monotonic() if now is None else now
+        for worker in self.pool:
+            metrics.worker_healthy.labels(worker.name).set(1 if worker.available else 0)
+            metrics.worker_inflight.labels(worker.name).set(worker.inflight)
+            metrics.worker_load_fresh.labels(worker.name).set(self.loads.fresh(worker, now))
+            age = self.loads.age(worker, now)
+            if age is not None:
+                metrics.worker_load_age.labels(worker.name).set(age)
+
+    async def _refresh_gauges_forever(self) -> None:
+        """With several processes a scrape is answered by one of them from every process's
+        last values, so each keeps its own fresh."""
+        while True:
+            self.refresh_gauges()
+            await asyncio.sleep(GAUGE_REFRESH_SECONDS)
+
+    def _follow(self, message: Message) -> None:
+        follow.apply(self, message)
 
     def _metric_names(self, worker: Worker) -> MetricNames:
         return metric_names(worker.engine, self.settings.custom_metrics)
@@ -144,13 +208,24 @@ class Router:
         self._warn_if_history_is_open()
         self.membership.run(build_source(self.settings))
         self.drains.start()
-        self.checker.start()
-        self.monitor.start()
+        if self.observes:
+            self.checker.start()
+            self.monitor.start()
+        if self.role is not None:
+            await self.siblings.open(self._follow, self.supervisor_gone.set)
+            self._gauges = asyncio.get_running_loop().create_task(
+                self._refresh_gauges_forever(), name="gauges"
+            )
         self.indexer.start()
 
     async def stop(self) -> None:
         """Take everything down in reverse order; pending history writes get a short grace."""
         self.stopping = True
+        if self._gauges is not None:
+            self._gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauges
+        await self.siblings.close()
         await self.membership.stop()
         await self.drains.stop()
         await self.monitor.stop()

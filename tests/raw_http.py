@@ -111,6 +111,7 @@ class RecordingWorker:
 
     answer: bytes | None = None
     requests: list[bytes] = field(default_factory=list)
+    probes: list[bytes] = field(default_factory=list)  # request lines of health and metrics GETs
     port: int = 0
     _server: asyncio.Server | None = None
 
@@ -137,6 +138,7 @@ class RecordingWorker:
             while True:
                 head = await read_request(reader)
                 if head.startswith((b"GET /health ", b"GET /metrics ")):
+                    self.probes.append(head.split(b"\r\n", 1)[0])
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 else:
                     self.requests.append(head)

@@ -56,6 +56,9 @@ class HealthChecker:
         self._counts: dict[str, _ProbeCounts] = {}
         self._tasks = PerWorkerTasks(pool, "health", self._probe_forever, self._forget)
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
+        self.on_result: Callable[[Worker, bool, bool], None] | None = None
+        """Told every probe's (worker, healthy, refused): how other router processes learn
+        them (`router.processes`)."""
 
     def start(self) -> None:
         self._tasks.start()
@@ -77,6 +80,8 @@ class HealthChecker:
         while True:
             ok, refused = await self.probe(worker)
             self.record(worker, ok, refused=refused)
+            if self.on_result is not None:
+                self.on_result(worker, ok, refused)
             interval, jitter = self._settings.interval, self._settings.jitter
             await asyncio.sleep(interval * (1 + jitter * (2 * self._rng.random() - 1)))
 
@@ -93,8 +98,11 @@ class HealthChecker:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False, False
 
-    def record(self, worker: Worker, ok: bool, *, refused: bool = False) -> None:
-        """Apply one probe result with the fall/rise thresholds."""
+    def record(
+        self, worker: Worker, ok: bool, *, refused: bool = False, relayed: bool = False
+    ) -> None:
+        """Apply one probe result with the fall/rise thresholds. A `relayed` result is another
+        router process's probe: applied alike, but that process logs and counts the change."""
         counts = self._counts.setdefault(worker.name, _ProbeCounts())
         if ok:
             counts.successes += 1
@@ -104,17 +112,18 @@ class HealthChecker:
                 and counts.successes >= self._settings.rise
                 and self._clock() >= worker.ejected_until
             ):
-                self._set(worker, WorkerState.HEALTHY)
+                self._set(worker, WorkerState.HEALTHY, relayed)
         else:
             counts.failures += 1
             counts.successes = 0
             if worker.state is WorkerState.HEALTHY and (
                 refused or counts.failures >= self._settings.fall
             ):
-                self._set(worker, WorkerState.UNHEALTHY)
+                self._set(worker, WorkerState.UNHEALTHY, relayed)
 
-    def _set(self, worker: Worker, state: WorkerState) -> None:
-        log.warning("worker %s is now %s (active probe)", worker.name, state.value)
+    def _set(self, worker: Worker, state: WorkerState, relayed: bool) -> None:
         self._failures.restart_run(worker.name)
         self._pool.set_state(worker, state)
-        self._metrics.health_transitions.labels(worker.name, state.value, "probe").inc()
+        if not relayed:
+            log.warning("worker %s is now %s (active probe)", worker.name, state.value)
+            self._metrics.health_transitions.labels(worker.name, state.value, "probe").inc()

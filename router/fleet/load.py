@@ -123,6 +123,11 @@ class Loads:
         snap = self._snapshots.get(worker.name)
         return snap is not None and snap.at > 0 and now - snap.at <= self._stale_after
 
+    def age(self, worker: Worker, now: float) -> float | None:
+        """Seconds since the worker's last successful scrape; None before the first."""
+        snap = self._snapshots.get(worker.name)
+        return now - snap.at if snap is not None and snap.at > 0 else None
+
     def estimate(self, worker: Worker, now: float | None = None) -> Estimate:
         """Running and waiting now: the scrape's figures plus what the router sent since,
         less what finished; the router's own in-flight count when the figures are stale."""
@@ -209,6 +214,9 @@ class LoadMonitor:
         self._metrics = metrics
         self._rng = rng or random.Random()
         self._tasks = PerWorkerTasks(pool, "load", self._scrape_forever, loads.forget)
+        self.on_reading: Callable[[Worker, LoadReading | None], None] | None = None
+        """Told every scrape's figures (None when it failed): how other router processes
+        learn them (`router.processes`)."""
         self.reconfigure(settings)
 
     def reconfigure(self, settings: LoadSettings) -> None:
@@ -248,10 +256,16 @@ class LoadMonitor:
             self._loads.failed(worker)
             metrics.load_scrape_failures.labels(worker.name).inc()
             log.debug("load scrape of %s failed: %s", worker.name, err or type(err).__name__)
+            self._tell(worker, None)
             return False
         self._loads.record(worker, reading)
+        self._tell(worker, reading)
         metrics.worker_running.labels(worker.name).set(reading.running or 0.0)
         metrics.worker_waiting.labels(worker.name).set(reading.waiting or 0.0)
         if reading.kv_usage is not None:
             metrics.worker_kv_usage.labels(worker.name).set(reading.kv_usage)
         return True
+
+    def _tell(self, worker: Worker, reading: LoadReading | None) -> None:
+        if self.on_reading is not None:
+            self.on_reading(worker, reading)

@@ -60,7 +60,7 @@ async def drain(request: web.Request) -> web.Response:
     holds finish on it until idle or `drain.timeout`. The worker stays listed until undrained."""
     root = _authorized(request)
     worker = _worker(root, request.match_info["name"])
-    root.drains.begin(worker, remove=False, reason="admin")
+    root.drain(worker)
     return json_response(_describe(root, worker))
 
 
@@ -68,7 +68,7 @@ async def undrain(request: web.Request) -> web.Response:
     """Back into service, as health checks see it (they kept probing while it drained)."""
     root = _authorized(request)
     worker = _worker(root, request.match_info["name"])
-    root.drains.cancel(worker)
+    root.undrain(worker)
     return json_response(_describe(root, worker))
 
 
@@ -81,7 +81,7 @@ async def set_weight(request: web.Request) -> web.Response:
         raise BadRequest('expected a JSON body like {"weight": 2}') from None
     if not 0 < weight <= 100:
         raise BadRequest("weight must be greater than 0 and at most 100")
-    root.pool.set_weight(worker, weight)
+    root.set_weight(worker, weight)
     return json_response(_describe(root, worker))
 
 

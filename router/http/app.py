@@ -20,7 +20,8 @@ def build_app(root: Router) -> web.Application:
     """The router's app; start it with aiohttp's AppRunner (see router.server)."""
     settings = root.settings
     app = web.Application(
-        middlewares=middleware_stack(), client_max_size=settings.limits.max_body_bytes
+        middlewares=middleware_stack(root.access_log),
+        client_max_size=settings.limits.max_body_bytes,
     )
     app[ROOT] = root
     app.cleanup_ctx.append(_lifecycle)

@@ -192,12 +192,20 @@ class ClientSite(web.BaseSite):
     """aiohttp's TCP site, with every accepted connection guarded by `guard`."""
 
     def __init__(
-        self, runner: web.BaseRunner, guard: ClientGuard, host: str, port: int, backlog: int
+        self,
+        runner: web.BaseRunner,
+        guard: ClientGuard,
+        host: str,
+        port: int,
+        backlog: int,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._guard = guard
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port  # several router processes on one port
 
     @property
     def name(self) -> str:
@@ -209,7 +217,8 @@ class ClientSite(web.BaseSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._guard.protocol_factory(server), self._host, self._port, backlog=self._backlog
+            self._guard.protocol_factory(server), self._host, self._port, backlog=self._backlog,
+            reuse_port=self._reuse_port or None,
         )
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from router.errors import NoHealthyWorker
+from router.http.access_log import ROUTING_KEY
 from router.http.auth import TENANT
 from router.http.common import ROOT, json_response, read_body, request_id_of
 from router.http.models import list_models
@@ -24,7 +23,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     extractor = root.extractor
     query = query_values(request.rel_url.raw_query_string)
     view = RequestView(request.headers, query, body if extractor.needs_body else b"")
-    key = extractor.extract(view, tenant=request.get(TENANT))
+    key = request[ROUTING_KEY] = extractor.extract(view, tenant=request.get(TENANT))
     headers = upstream_headers(
         request, request_id, trusted=root.trusted_proxies, drop_authorization=TENANT in request
     )
@@ -60,10 +59,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     root = request.app[ROOT]
+    root.refresh_gauges()
     metrics = root.metrics
-    now = time.monotonic()
-    for worker in root.pool:
-        metrics.worker_healthy.labels(worker.name).set(1 if worker.available else 0)
-        metrics.worker_inflight.labels(worker.name).set(worker.inflight)
-        metrics.worker_load_fresh.labels(worker.name).set(root.loads.fresh(worker, now))
     return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})

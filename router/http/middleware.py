@@ -1,4 +1,5 @@
-"""The app's middleware, outermost first: errors become OpenAI-shaped JSON, each request tells
+"""The app's middleware, outermost first: the access log when it is on
+(`router.http.access_log`), errors become OpenAI-shaped JSON, each request tells
 its connection's guard when it starts and ends (and is refused past the connection cap),
 HTTP/0.9, absolute-form targets and paths with dot-segments are refused, then API keys name
 the tenant (a pass-through when no keys are configured)."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 import aiohttp
@@ -23,6 +25,9 @@ from router.errors import (
 )
 from router.http.auth import TENANT
 from router.http.common import ROOT, error_response, request_id_of
+
+if TYPE_CHECKING:
+    from router.http.access_log import AccessLog
 
 log = logging.getLogger("kvrouter")
 
@@ -146,6 +151,10 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
     return await handler(request)
 
 
-def middleware_stack() -> list[Callable[..., Awaitable[web.StreamResponse]]]:
-    """The whole middleware order, outermost first."""
-    return [errors_to_json, client_limits, plain_requests, api_keys]
+def middleware_stack(
+    access_log: AccessLog | None = None,
+) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+    """The whole middleware order, outermost first; the access log, when it is on, outside
+    everything, so it sees each answer as the client gets it."""
+    stack = [errors_to_json, client_limits, plain_requests, api_keys]
+    return stack if access_log is None else [access_log.middleware(), *stack]

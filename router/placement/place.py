@@ -14,9 +14,12 @@ after a move, else the ring home).
 
 A session served away from its ring home (a spill or a fallback) has its cache on the new
 worker now; a pin keeps it there until it has been idle for `routing.pins.ttl`. Pins are read
-within `routing.pins.store_timeout` and written in background tasks, off the request's path (an
-in-process store answers at once, so it is read and written inline, with no timer). When the
-store fails or is slow, routing carries on with the ring alone.
+within `routing.pins.store_timeout`. A write that moves the session (a new pin, or its removal
+when the session goes back to its ring home) is waited for, within the same bound, before the
+request is sent: its reply cannot end before the move is in the store, so the next turn finds it
+whichever router replica takes it. A refresh of an unchanged pin runs in the background, off the
+request's path. (An in-process store answers at once, so it is read and written inline, with no
+timer.) When the store fails or is slow, routing carries on with the ring alone.
 """
 
 from __future__ import annotations
@@ -234,8 +237,7 @@ class Placement:
             self._served.reconfigure(drain.idle)
         self._pins = settings.enabled and balancer.keyed
         self._keyed = balancer.keyed
-        metrics.routing_policy.clear()
-        metrics.routing_policy.labels(balancer.name).set(1)
+        metrics.set_policy(balancer.name)
         self._placed = {r: metrics.placements.labels(balancer.name, r.value) for r in Route}
 
     async def place(
@@ -324,19 +326,26 @@ class Placement:
             return
         elif decision.worker is self.balancer.ring_home(key.hash_key or ""):
             if pinned is not None:
-                await self._write("delete", self._store.delete_pin(tenant, session))
+                delete = self._store.delete_pin(tenant, session)
+                await self._write("delete", delete, join=True)
         else:
-            await self._write("set", self._store.set_pin(tenant, session, worker, ttl))
+            await self._write("set", self._store.set_pin(tenant, session, worker, ttl), join=True)
 
-    async def _write(self, action: str, write: Coroutine[Any, Any, None]) -> None:
+    async def _write(
+        self, action: str, write: Coroutine[Any, Any, None], *, join: bool = False
+    ) -> None:
         """An in-process store's write is done now (it cannot block); any other runs in the
-        background, off the request's path."""
+        background, off the request's path, except that a `join`ed one (a move) is waited for
+        up to `store_timeout` before the request goes on (past that it finishes in the
+        background, within its own timeout)."""
         if self._store.in_process:
             await self._guarded(action, write, timed=False)
             return
         task = asyncio.get_running_loop().create_task(self._guarded(action, write))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+        if join:
+            await asyncio.wait((task,), timeout=self._settings.store_timeout)
 
     async def _guarded(
         self, action: str, write: Coroutine[Any, Any, None], *, timed: bool = True

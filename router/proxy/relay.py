@@ -40,6 +40,8 @@ from router.proxy.usage import UsageSniffer, usage_from_json
 
 log = logging.getLogger("kvrouter.proxy")
 
+# When a streamed answer's first byte went to the client (perf_counter), for the access log.
+FIRST_BYTE_AT = web.ResponseKey("first_byte_at", float)
 
 
 class ResponseObserver(Protocol):
@@ -232,7 +234,7 @@ class Relay:
             response, answer,
             Transcript(self._retries.mid_stream_bytes) if resumable else None,
             self._timeouts.idle,
-            self._first_byte_seconds(answer.decision.route.value),
+            self._first_byte_seconds(answer.decision.route.value, answer.decision.worker.name),
             self._metrics.resume_pause_seconds,
         )  # fmt: skip
         current, continuations = answer, []
@@ -323,7 +325,7 @@ class Relay:
             elapsed = time.perf_counter() - started
             self._request_seconds(route).observe(elapsed)
             if first_byte:
-                self._first_byte_seconds(route).observe(elapsed)
+                self._first_byte_seconds(route, decision.worker.name).observe(elapsed)
 
     def _count_usage(self, decision: Decision, usage: tuple[int, int] | None) -> None:
         if usage is None:
@@ -395,7 +397,7 @@ class _Pump:
         await self._response.write(chunk if observer is None else observer.feed(chunk))
         now = time.perf_counter()
         if not self.first_at:
-            self.first_at = now
+            self.first_at = self._response[FIRST_BYTE_AT] = now
             self._first_byte.observe(now - self._started)
         elif self._pause_from:
             self._pause.observe(now - self._pause_from)

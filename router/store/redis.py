@@ -27,6 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from router.config import StoreSettings
 from router.store.base import SessionTooLarge, StoredHistory, StoreUnavailable
+from router.store.coalesce import CoalescedReads
 from router.store.keys import session_keys, trim_slack
 from router.store.vectors import HEADER_BYTES, StoredVectors, VectorBatch
 
@@ -306,6 +307,8 @@ class RedisStore:
         self._discard = self._redis.register_script(_DISCARD)
         self._add_vectors = self._redis.register_script(_ADD_VECTORS)
         self._read_vector_tail = self._redis.register_script(_READ_VECTOR_TAIL)
+        # pins and served records: one MGET per turn of the loop (router.store.coalesce)
+        self._markers = CoalescedReads(lambda keys: self._call(lambda: self._redis.mget(keys)))
         self._ttl_ms = int(settings.history_ttl * 1000)
         self._budget_ms = int(settings.timeout * 750)
         self._clock_offset_ms = 0  # Redis's clock minus ours, once a refusal has shown it
@@ -389,7 +392,7 @@ class RedisStore:
 
     async def _get_marker(self, key: str) -> str | None:
         try:
-            value = await self._call(lambda: self._redis.get(key))
+            value = await self._markers.get(key)
         except StoreUnavailable:
             return None
         return value.decode() if value is not None else None
@@ -491,4 +494,5 @@ class RedisStore:
         return bool(await self._call(lambda: self._redis.delete(*keys)))
 
     async def close(self) -> None:
+        await self._markers.close()
         await self._redis.aclose()

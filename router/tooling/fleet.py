@@ -186,13 +186,16 @@ class RouterProcess:
         *,
         ready: str = "/healthz",
         cpus: frozenset[int] | None = None,
+        processes: int = 1,
     ) -> RouterProcess:
         """Start a router on `config` (which must name `listen`) and wait until `ready`
-        answers: /healthz when it serves, /readyz when it also has a healthy worker."""
+        answers: /healthz when it serves, /readyz when it also has a healthy worker.
+        `processes` > 1: that many router processes on the port (`proc` is their parent)."""
         listen = str(config["listen"])
         path = directory / f"router-{listen.rpartition(':')[2]}.yaml"
         path.write_text(yaml.safe_dump(dict(config)))
-        proc = start_python(["router", "serve", "--config", str(path)], cpus=cpus)
+        command = ["router", "serve", "--config", str(path), "--processes", str(processes)]
+        proc = start_python(command, cpus=cpus)
         url = f"http://{listen}"
         try:
             wait_http_ok(url + ready, proc=proc)

@@ -92,3 +92,20 @@ async def test_bad_scrapes_are_counted_never_eject_and_stale_figures_give_way():
     scrapes = served.scrapes
     await asyncio.sleep(0.2)
     assert served.scrapes == scrapes, "stop() ends the scrape task"
+
+
+async def test_the_router_exports_how_old_each_workers_load_figures_are(sim_fleet, http):
+    fleet = sim_fleet(1, "--time-scale", "0")
+    name = fleet.names[0]
+    prefix = f'kvrouter_worker_load_age_seconds{{worker="{name}"}} '
+    async with fleet.router_in_process(load={"interval": 0.1, "jitter": 0.0}) as url:
+        ages: list[float] = []
+        for _ in range(100):
+            async with http.get(url + "/metrics") as resp:
+                text = await resp.text()
+            ages = [float(ln[len(prefix):]) for ln in text.splitlines() if ln.startswith(prefix)]
+            if ages:
+                break
+            await asyncio.sleep(0.05)
+    assert ages, "no load age exported for the worker"
+    assert 0 <= ages[0] < 1.0, "scraped every 0.1 s, the figures are never a second old"

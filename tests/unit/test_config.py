@@ -74,14 +74,6 @@ def test_invalid_yaml_and_missing_file_are_config_errors(tmp_path):
         load_settings(tmp_path / "missing.yaml", env={})
 
 
-def test_kubernetes_example_config_is_valid():
-    import yaml
-
-    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()))
-    embedded = yaml.safe_load(docs[0]["data"]["router.yaml"])
-    assert parse_settings(embedded, "deploy/kubernetes.yaml", env={}).shutdown_grace == 60
-
-
 def test_store_history_and_auth_sections_are_validated_by_key():
     from router.config import parse_settings
     from router.errors import ConfigError

@@ -94,12 +94,17 @@ def start_kvrouter(
     upstreams: Sequence[Endpoint],
     workdir: Path,
     extra: dict[str, Any] | None = None,
+    *,
+    processes: int = 1,
+    name: str = ROUTER,
 ) -> Endpoint:
     """`kvrouter serve` with default settings except the workers and any `extra` sections."""
     config = router_config(((u.name, u.url) for u in upstreams), **(extra or {}))
-    router = RouterProcess.start(config, workdir, ready="/readyz", cpus=cores.proxy)
+    router = RouterProcess.start(
+        config, workdir, ready="/readyz", cpus=cores.proxy, processes=processes
+    )
     stack.callback(router.stop)
-    return Endpoint(ROUTER, router.port, router.proc.pid)
+    return Endpoint(name, router.port, router.proc.pid)
 
 
 def rust_command(binary: str, upstreams: Sequence[Endpoint], port: int, metrics_port: int):
@@ -146,9 +151,18 @@ def start_naive(stack: ExitStack, cores: Cores, upstreams: Sequence[Endpoint]) -
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
+    """User + system CPU time the process, and every process under it still running (the
+    children of a `--processes N` router), have used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in child_pids(pid))
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def rss_mb(pid: int) -> float:
