@@ -5,21 +5,22 @@ It is not a pool worker and takes no worker lease: it has its own HTTP session, 
 `history.recall.max_connections` connections, and every call its own total timeout (a wait
 for a free connection included). Vectors come back L2-normalised as one float32 matrix, so a
 cosine similarity is a dot product. Any failure is one `EmbeddingFailed` naming what went
-wrong; whoever calls decides whether to retry.
+wrong; whoever calls decides whether to retry. numpy is imported at the first answer, so a
+router with recall off never loads it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import numpy as np
 import orjson
 
 from router.config import RecallSettings
 
-MAX_DIMENSIONS = 65_536
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class EmbeddingFailed(Exception):
@@ -76,13 +77,18 @@ class EmbeddingClient:
             raise EmbeddingFailed(f"the embeddings endpoint failed: {err!r}") from None
         if status != 200:
             raise EmbeddingFailed(f"the embeddings endpoint answered {status}: {_message(raw)}")
-        return unit_rows(parse_embeddings(raw, len(texts)))
+        from router.orchestrator import similarity  # numpy: loaded only once recall runs
+
+        try:
+            return similarity.unit_rows(similarity.as_matrix(parse_embeddings(raw, len(texts))))
+        except ValueError as err:
+            raise EmbeddingFailed(f"the embeddings endpoint sent unusable vectors: {err}") from None
 
     async def close(self) -> None:
         await self._session.close()
 
 
-def parse_embeddings(raw: bytes, count: int) -> np.ndarray:
+def parse_embeddings(raw: bytes, count: int) -> list[Any]:
     """The `data[].embedding` vectors of an OpenAI embeddings response, in `index` order."""
     try:
         document = orjson.loads(raw)
@@ -90,19 +96,9 @@ def parse_embeddings(raw: bytes, count: int) -> np.ndarray:
         if not isinstance(data, list) or len(data) != count:
             raise ValueError(f"expected {count} embeddings, got {_length(data)}")
         ordered = sorted(data, key=lambda item: item.get("index", 0))
-        matrix = np.array([item["embedding"] for item in ordered], dtype=np.float32)
+        return [item["embedding"] for item in ordered]
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
         raise EmbeddingFailed(f"the embeddings endpoint sent an unusable answer: {err}") from None
-    if matrix.ndim != 2 or not 0 < matrix.shape[1] <= MAX_DIMENSIONS:
-        raise EmbeddingFailed(f"the embeddings endpoint sent vectors of shape {matrix.shape}")
-    if not np.isfinite(matrix).all():
-        raise EmbeddingFailed("the embeddings endpoint sent a vector that is not finite")
-    return matrix
-
-
-def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
 
 
 def _length(value: Any) -> str:

@@ -18,8 +18,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from router.config import RecallSettings
 from router.metrics import Metrics
@@ -28,6 +27,9 @@ from router.orchestrator.history import Turn
 from router.orchestrator.tokenizer import content_text
 from router.store import SessionStore, SessionTooLarge, StoreUnavailable
 from router.store.vectors import VectorBatch, model_tag, turn_digest
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("kvrouter.recall")
 

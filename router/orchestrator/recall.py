@@ -24,8 +24,8 @@ import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 import orjson
 from aiohttp import web
 
@@ -35,7 +35,6 @@ from router.orchestrator.embeddings import EmbeddingClient, EmbeddingFailed
 from router.orchestrator.history import SYSTEM_ROLES, Conversation, Message, Turn
 from router.orchestrator.index_turns import TurnIndexer
 from router.orchestrator.prune import Budget, Prompt, body_size
-from router.orchestrator.similarity import Recalled, choose, scores
 from router.orchestrator.tokenizer import content_text
 from router.orchestrator.vector_cache import Blob, VectorCache
 from router.store import SessionStore
@@ -46,6 +45,11 @@ from router.store.vectors import (
     parse_header,
     turn_digest,
 )
+
+if TYPE_CHECKING:  # numpy is imported only once recall runs
+    import numpy as np
+
+    from router.orchestrator.similarity import Recalled
 
 RECALLED = web.RequestKey("kvrouter_recalled", int)  # how many turns a request recalled
 RECALLED_HEADER = "x-kvrouter-recalled"
@@ -282,9 +286,11 @@ class Recall:
             for t in (*conversation.folded, *conversation.turns)
             if t.complete and t.key not in kept
         }
-        similarity = scores(blob, header, query)
-        return choose(
-            blob, header, similarity, candidates,
+        from router.orchestrator import similarity  # numpy: loaded only once recall runs
+
+        found = similarity.scores(blob, header, query)
+        return similarity.choose(
+            blob, header, found, candidates,
             top_k=settings.top_k, threshold=settings.min_similarity, room=room,
         )  # fmt: skip
 

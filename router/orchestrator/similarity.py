@@ -1,7 +1,8 @@
 """Scoring a session's stored vectors against a query and choosing the turns to recall. Pure:
 plain values and numpy arrays in, plain values out.
 
-Vectors are stored unit length, so cosine similarity is one matrix-vector product over a
+Only recall imports this module (and numpy with it). Vectors are stored unit length, so
+cosine similarity is one matrix-vector product over a
 zero-copy view of the stored blob: brute force per session, about 0.2 ms for 1,000 vectors of
 1,024 dims. The product is an `einsum`, which runs in the calling thread: a BLAS call would
 start a thread pool that competes with the event loop for the cores.
@@ -9,19 +10,41 @@ start a thread pool that competes with the event loop for the cores.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from router.orchestrator.history import Turn
 from router.store.vectors import DIGEST_BYTES, HEADER_BYTES, VectorHeader
 
+MAX_DIMENSIONS = 65_536
+
 
 @dataclass(frozen=True, slots=True)
 class Recalled:
     turn: Turn
     score: float
+
+
+def as_matrix(rows: Sequence[Any]) -> np.ndarray:
+    """Vectors as one float32 matrix; ValueError unless they are finite and of one size."""
+    try:
+        matrix = np.array(rows, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"not a list of equal-length number lists ({err})") from None
+    if matrix.ndim != 2 or not 0 < matrix.shape[1] <= MAX_DIMENSIONS:
+        raise ValueError(f"vectors of shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise ValueError("a vector that is not finite")
+    return matrix
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (a zero row stays zero)."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
 
 
 def scores(blob: bytes | bytearray, header: VectorHeader, query: np.ndarray) -> np.ndarray:

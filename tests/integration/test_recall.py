@@ -4,6 +4,8 @@ and a real embeddings server (the simulated worker's embedding rule, with faults
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -380,3 +382,13 @@ async def test_a_turn_whose_embedding_failed_is_not_offered_again(embedder):
         await indexer.close()
         await client.close()
     assert len(embedder.calls) == 2  # one batch, tried twice, then given up
+
+
+def test_a_router_with_recall_off_never_loads_numpy():
+    """numpy costs a process some 15 MB and a third of a second to import: only recall loads
+    it, when it first runs."""
+    check = (
+        "import sys, router.cli, router.server, router.http.app, router.root, "
+        "router.orchestrator.recall; sys.exit('numpy' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", check], timeout=60).returncode == 0

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.orchestrator.embeddings import unit_rows
 from router.orchestrator.history import Turn
-from router.orchestrator.similarity import choose, scores
+from router.orchestrator.similarity import choose, scores, unit_rows
 from router.store.vectors import VectorBatch, merge, parse_header, turn_digest
 
 

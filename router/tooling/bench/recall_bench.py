@@ -37,11 +37,12 @@ from aiohttp import web
 
 from router.config import RecallSettings, StoreSettings, parse_settings
 from router.metrics import Metrics
-from router.orchestrator.embeddings import EmbeddingClient, unit_rows
+from router.orchestrator.embeddings import EmbeddingClient
 from router.orchestrator.history import decode_history, encode_entry
 from router.orchestrator.index_turns import TurnIndexer
 from router.orchestrator.prune import Budget, build_prompt
 from router.orchestrator.recall import INTRO, Recall
+from router.orchestrator.similarity import unit_rows
 from router.orchestrator.tokenizer import bpe_tokenizer
 from router.sim.embeddings import embed_text
 from router.store import SessionStore
