@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -28,6 +29,16 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "a-long-admin-token-for-tests"
 FAST_LOAD = {"interval": 0.2, "jitter": 0.0, "timeout": 0.5, "stale_after": 1.0}
+
+
+def listening(url: str | None) -> bool:
+    assert url is not None
+    host, _, port = url.rpartition("//")[2].partition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
 
 
 def children(parent: int) -> list[int]:
@@ -105,6 +116,8 @@ async def test_operator_changes_and_sighup_reach_every_process(
     router = RouterProcess.start(config, tmp_path, processes=2, ready="/readyz")
     try:
         await until(lambda: len(children(router.proc.pid)) == 2)
+        # /readyz may come from either child; the admin API opens in the observing one
+        await until(lambda: listening(router.admin), "the admin API listening", timeout=10)
         auth = {"authorization": f"Bearer {TOKEN}"}
         drained = fleet.names[0]
         async with http.post(f"{router.admin}/admin/workers/{drained}/drain", headers=auth) as r:
