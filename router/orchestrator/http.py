@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from router.errors import BadRequest, HistoryUnavailable, NotFound
+from router.http.access_log import ROUTING_KEY
 from router.http.auth import TENANT
 from router.http.common import ROOT, json_response, read_body, request_id_of
 from router.http.handlers import proxy_handler
@@ -84,7 +85,7 @@ async def chat_handler(request: web.Request) -> web.StreamResponse:
         raise BadRequest("request body must be a JSON object")
     request_id = request_id_of(request)
     view = RequestView(request.headers, query_values(request.rel_url.raw_query_string), body)
-    key = root.extractor.extract(view, document, tenant=tenant)
+    key = request[ROUTING_KEY] = root.extractor.extract(view, document, tenant=tenant)
     headers = upstream_headers(
         request, request_id, trusted=root.trusted_proxies, drop_authorization=TENANT in request
     )

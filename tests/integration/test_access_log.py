@@ -173,3 +173,21 @@ async def test_text_format_writes_access_records_as_key_value_lines(
     assert f"request_id={headers['x-request-id']} " in lines[0]
     assert f"session={keyed_hash('default', 'texty')} " in lines[0]
     assert " status=200 " in lines[0] and "texty" not in lines[0]
+
+
+async def test_a_turn_the_router_keeps_the_history_of_is_logged_with_its_session_hash(
+    sim_fleet: Callable[..., SimFleet], http: aiohttp.ClientSession, tmp_path: Path
+):
+    fleet = sim_fleet(1, "--time-scale", "0")
+    config = logging_on(fleet)
+    config["history"] = {"access": "open"}
+    with logged_router(config, tmp_path) as (url, log):
+        headers = {"x-kvrouter-history": "server", "x-session-id": "dora-secret-4"}
+        async with http.post(
+            url + "/v1/chat/completions", json=chat_body("Hi", max_tokens=2), headers=headers
+        ) as resp:
+            assert resp.status == 200
+            served = resp.headers.copy()
+    (record,) = access_records(json_lines(log))
+    assert record["session"] == keyed_hash("default", "dora-secret-4")
+    assert record["worker"] == served["x-kvrouter-worker"]
