@@ -150,12 +150,17 @@ class Loads:
         """Whether `worker` is saturated now (see the module's docstring); `cap` is
         bounded_load's cap, used only when the worker's own figures are stale."""
         now = self._clock() if now is None else now
+        return self._advance(worker.name, self.full(worker, cap, now), now)
+
+    def full(self, worker: Worker, cap: int, now: float | None = None) -> bool:
+        """Whether `worker` passes the saturation test at this moment: requests wait there or
+        its KV cache is past the limit (without fresh figures: its in-flight count is at
+        `cap` and the floor). `saturated` is this held for `hold`; this moves no state."""
+        now = self._clock() if now is None else now
         load = self.estimate(worker, now)
         if load.fresh:
-            over = self._over(load.waiting, load.kv_usage)
-        else:
-            over = worker.inflight >= max(cap, self.floor)
-        return self._advance(worker.name, over, now)
+            return self._over(load.waiting, load.kv_usage)
+        return worker.inflight >= max(cap, self.floor)
 
     def _over(self, waiting: float, kv_usage: float | None) -> bool:
         return waiting > _EPSILON or (kv_usage is not None and kv_usage >= self._kv_limit)

@@ -47,15 +47,16 @@ from router.placement.policies import (
     build_policy,
     can_take,
 )
+from router.placement.policies.bounded_load import caps
 from router.placement.served import ServedLog
 from router.placement.session import RoutingKey
 from router.store import SessionStore
+from router.store.writes import BackgroundWrites
 
 __all__ = ["Balancer", "Decision", "Placement", "PlacementContext", "Rehome", "Route"]
 
 log = logging.getLogger("kvrouter.placement")
 
-WRITE_TIMEOUT = 2.0
 SERVED_CAPACITY = 200_000
 
 
@@ -144,6 +145,19 @@ class Balancer:
         """The worker a key hashes to, whatever its health; None for policies without keys."""
         return self.policy.ring_home(key)
 
+    def fleet_full(self) -> bool:
+        """Whether every worker a request could go to (available: healthy, not ejected, not
+        draining) is saturated at this moment by `Loads.full`, the test `routing.saturation`
+        holds for `hold` before placement counts a worker saturated. False with no worker
+        available: placement answers that (a 503), nothing is gained by waiting."""
+        ready = [w for w in self._by_name.values() if w.available]
+        if not ready:
+            return False
+        now = self._clock()
+        cap_of = caps(ready, self.slow_start.weight, self._settings.load_factor)
+        full = self.loads.full
+        return all(full(worker, cap_of(worker), now) for worker in ready)
+
     def decide(self, context: PlacementContext) -> Decision:
         """A worker for this attempt; raises NoHealthyWorker (or DegradedRefusal) when none
         may take it."""
@@ -226,7 +240,11 @@ class Placement:
         self._drains = drains
         drain = drain or DrainSettings()
         self._served = ServedLog(store, drain.idle, SERVED_CAPACITY, clock)
-        self._writes: set[asyncio.Task[None]] = set()
+        self._writes = BackgroundWrites(
+            store.in_process,
+            lambda action, outcome: metrics.pin_operations.labels(action, outcome).inc(),
+            "pin",
+        )
         self.reconfigure(settings, drain)
 
     def reconfigure(self, settings: PinSettings, drain: DrainSettings | None = None) -> None:
@@ -338,31 +356,9 @@ class Placement:
         background, off the request's path, except that a `join`ed one (a move) is waited for
         up to `store_timeout` before the request goes on (past that it finishes in the
         background, within its own timeout)."""
-        if self._store.in_process:
-            await self._guarded(action, write, timed=False)
-            return
-        task = asyncio.get_running_loop().create_task(self._guarded(action, write))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-        if join:
-            await asyncio.wait((task,), timeout=self._settings.store_timeout)
-
-    async def _guarded(
-        self, action: str, write: Coroutine[Any, Any, None], *, timed: bool = True
-    ) -> None:
-        try:
-            if timed:
-                async with asyncio.timeout(WRITE_TIMEOUT):
-                    await write
-            else:
-                await write
-        except Exception as err:  # a lost pin costs one recompute, never a request
-            self._metrics.pin_operations.labels(action, "error").inc()
-            log.debug("pin %s failed: %r", action, err)
-            return
-        self._metrics.pin_operations.labels(action, "ok").inc()
+        wait = self._settings.store_timeout if join else 0.0
+        await self._writes.write(action, write, wait=wait)
 
     async def close(self) -> None:
         """Let pending pin writes finish (bounded by their timeout)."""
-        if self._writes:
-            await asyncio.wait(set(self._writes), timeout=WRITE_TIMEOUT)
+        await self._writes.close()
