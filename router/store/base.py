@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.limits.buckets import Levels, Rule
+
 
 class StoreUnavailable(Exception):
     """The backing store cannot be reached; the message names the store."""
@@ -98,6 +100,11 @@ class SessionStore(Protocol):
         """Store a summary of entries up to absolute index `through`, unless a summary that
         reaches as far is already stored. True when stored; `SessionTooLarge` when it would not
         fit the session's byte limit (in place of the previous summary)."""
+
+    async def take_rate(self, tenant: str, rule: Rule, requests: int, tokens: int) -> Levels:
+        """Take `requests` from the tenant's per-minute buckets unless `rule` refuses them, and
+        debit `tokens`, in one atomic step (one round trip) that every router sharing the store
+        sees (`router.limits.buckets` says how). Raises `StoreUnavailable`."""
 
     async def forget(self, tenant: str, session: str) -> bool:
         """Drop the session's history, summary and pin. True when there was something."""
