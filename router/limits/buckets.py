@@ -101,7 +101,7 @@ def retry_after(levels: Levels, rule: Rule) -> float:
 def duration(seconds: float) -> str:
     """A duration as OpenAI's x-ratelimit-reset-* headers give it: `20ms`, `1s`, `1.5s`,
     `6m0s`."""
-    ms = max(0, math.ceil(seconds * 1000))
+    ms = max(0, math.ceil(seconds * 1000 - 1e-6))  # 0.6000000000000014 s is 600 ms
     if ms < 1000:
         return f"{ms}ms"
     minutes, rest = divmod(ms, 60_000)

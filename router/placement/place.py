@@ -146,17 +146,18 @@ class Balancer:
         return self.policy.ring_home(key)
 
     def fleet_full(self) -> bool:
-        """Whether every worker a request could go to (available: healthy, not ejected, not
-        draining) is saturated at this moment by `Loads.full`, the test `routing.saturation`
-        holds for `hold` before placement counts a worker saturated. False with no worker
-        available: placement answers that (a 503), nothing is gained by waiting."""
+        """Whether a request sent now would wait at every worker it could go to (available:
+        healthy, not ejected, not draining): `Loads.full` one request ahead, the test that
+        `routing.saturation` holds for `hold` before placement counts a worker saturated.
+        False with no worker available: placement answers that (a 503), nothing is gained by
+        waiting."""
         ready = [w for w in self._by_name.values() if w.available]
         if not ready:
             return False
         now = self._clock()
         cap_of = caps(ready, self.slow_start.weight, self._settings.load_factor)
         full = self.loads.full
-        return all(full(worker, cap_of(worker), now) for worker in ready)
+        return all(full(worker, cap_of(worker), now, ahead=1) for worker in ready)
 
     def decide(self, context: PlacementContext) -> Decision:
         """A worker for this attempt; raises NoHealthyWorker (or DegradedRefusal) when none
