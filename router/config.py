@@ -465,6 +465,11 @@ class AdmissionSettings(BaseModel):
     timeout: PositiveSeconds = Field(
         default=60.0, le=3600, description="seconds a request may wait; then a 503"
     )
+    headroom: int = Field(
+        default=0, ge=0, le=10_000,
+        description="places per worker a tenant with a backlog in the queue leaves free, for "
+        "tenants with nothing else waiting to start at once",
+    )  # fmt: skip
 
 
 class LimitSettings(BaseModel):

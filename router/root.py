@@ -125,8 +125,9 @@ class Router:
         limits = settings.limits
         self.limiter = TenantLimiter(limits.tenants, self.store, metrics, bytes_per_token(settings))
         self.admission = Admission(
-            limits.admission, limits.tenants, self.balancer.fleet_full, metrics
-        )
+            limits.admission, limits.tenants, self.balancer.fleet_full, self.balancer.crowded,
+            metrics,
+        )  # fmt: skip
         outcomes = Outcomes(self.passive, metrics)
         relay = Relay(outcomes, metrics, settings.timeouts, pool, settings.retries)
         self.forwarder = Forwarder(

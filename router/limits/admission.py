@@ -11,8 +11,18 @@ full waits there in arrival order, out of the router's fair order.
 
 Waiting requests leave one at a time: the next leaves once the one before it has been placed
 (`Ticket.placed`, called once its worker is leased and counted in flight), so the router's
-view of each worker's load includes it. The queue is re-checked whenever a request finishes
-(`wake`), when a ticket is given back, and every `RECHECK` seconds while anything waits.
+view of each worker's load includes it. A request leaves because some worker has room, which
+need not be the one placement would pick: `Ticket.avoid` names the workers it would still wait
+at, for the forwarder to steer a request without a session around them (one with a session
+goes where placement sends it, which weighs its warm cache against the wait). The queue is
+re-checked whenever a request finishes (`wake`), when a ticket is given back, and every
+`RECHECK` seconds while anything waits.
+
+Headroom (`limits.admission.headroom`, places per worker): a tenant with other requests
+waiting behind this one is let go only while a worker keeps that many places free after it;
+a tenant with nothing else waiting may take any free place. Tenants that are not using their
+share of the fleet then start at once, instead of waiting for a backlogged tenant's request
+to finish somewhere; the price is those places left idle while only backlogged tenants send.
 
 Past the bound the tenant holding the most of the queue for its share gives up its newest
 request (or the newcomer is refused, if that is its own tenant): a 503 `queue_full`. A wait
@@ -59,11 +69,13 @@ class Ticket:
     get through), then holds the queue's one place "in transit" until `placed` or the end of
     the block, whichever comes first."""
 
-    __slots__ = ("_admission", "_deadline", "_future", "_queued_at", "_state", "tenant")
+    __slots__ = ("_admission", "_deadline", "_future", "_queued_at", "_state", "avoid", "tenant")
 
     def __init__(self, admission: Admission, tenant: str, deadline: float) -> None:
         self._admission = admission
         self.tenant = tenant
+        self.avoid: tuple[str, ...] = ()
+        """For a request that waited: the workers it would still wait at when it left."""
         self._deadline = deadline
         self._state = _State.NEW
         self._future: asyncio.Future[None] | None = None
@@ -95,11 +107,13 @@ class Admission:
         self,
         settings: AdmissionSettings,
         tenants: TenantLimitSettings,
-        full: Callable[[], bool],
+        full: Callable[[int], bool],
+        crowded: Callable[[int], tuple[str, ...]],
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._full = full
+        self._crowded = crowded
         self._metrics = metrics
         self._clock = clock
         self._queue: FairQueue[Ticket] = FairQueue()
@@ -147,7 +161,7 @@ class Admission:
             self._dispatch()
 
     async def _enter(self, ticket: Ticket) -> None:
-        if not self._settings.enabled or (not len(self._queue) and not self._full()):
+        if not self._settings.enabled or (not len(self._queue) and not self._full(1)):
             self._in_transit += 1
             ticket._state = _State.ADMITTED
             return
@@ -215,13 +229,30 @@ class Admission:
             raise
 
     def _dispatch(self) -> None:
-        """Let the next waiting request go if a worker has room and none is in transit."""
+        """Let the next waiting request go if a worker has room and none is in transit: the
+        first in turn whose tenant may take the room there is (see `_may_go`)."""
         queue = self._queue
-        if not len(queue) or self._in_transit or self._full():
+        if not len(queue) or self._in_transit or self._full(1):
             return
-        ticket = queue.pop()
+        headroom = self._settings.headroom
+        roomy: list[bool] = []  # whether a worker has 1 + headroom places free, once asked
+
+        def may_go(tenant: str, waiting: int) -> bool:
+            """A tenant with others waiting behind this request leaves `headroom` places
+            free at every worker; one with nothing else waiting takes any free place."""
+            if waiting <= 1 or not headroom:
+                return True
+            if not roomy:
+                roomy.append(not self._full(1 + headroom))
+            return roomy[0]
+
+        ticket = queue.pop_first(may_go)
+        if ticket is None:
+            return
         self._left(ticket)
         ticket._state = _State.ADMITTED
+        backlogged = queue.waiting(ticket.tenant) > 0
+        ticket.avoid = self._crowded(1 + headroom if backlogged else 1)
         self._in_transit += 1
         self._released.append(self._clock())
         self._observe_wait(ticket, "admitted")

@@ -11,6 +11,7 @@ no credit and a burst after it cannot starve the others. Pure: no I/O, no clock.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -46,16 +47,26 @@ class FairQueue(Generic[T]):
         """The head of the line whose turn comes first; IndexError when nothing waits."""
         if not self._lines:
             raise IndexError("pop from an empty FairQueue")
-        turn = self._turn
-        tenant = min(self._lines, key=turn.__getitem__)
+        return self._take(min(self._lines, key=self._turn.__getitem__))
+
+    def _take(self, tenant: str) -> T:
         line = self._lines[tenant]
         item = line.popleft()
         self._length -= 1
-        self._now = turn[tenant]
-        turn[tenant] += 1.0 / self._shares[tenant]
+        self._now = max(self._now, self._turn[tenant])
+        self._turn[tenant] += 1.0 / self._shares[tenant]
         if not line:
             self._idle(tenant)
         return item
+
+    def pop_first(self, may_go: Callable[[str, int], bool]) -> T | None:
+        """The head of the first line, in turn order, whose tenant `may_go(tenant, waiting)`
+        allows; None if none does. A line passed over keeps its turn."""
+        turn = self._turn
+        for tenant in sorted(self._lines, key=turn.__getitem__):
+            if may_go(tenant, len(self._lines[tenant])):
+                return self._take(tenant)
+        return None
 
     def remove(self, tenant: str, item: T) -> bool:
         """Take `item` out of its tenant's line (it stopped waiting); False if not there."""

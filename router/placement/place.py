@@ -47,6 +47,7 @@ from router.placement.policies import (
     build_policy,
     can_take,
 )
+from router.placement.policies.base import available
 from router.placement.policies.bounded_load import caps
 from router.placement.served import ServedLog
 from router.placement.session import RoutingKey
@@ -95,6 +96,7 @@ class Balancer:
         self._clock = clock
         self._rng = rng
         self._by_name: dict[str, Worker] = {}
+        self._ready: tuple[Worker, ...] = ()
         self._healthy = (0, 0)
         self.degraded = False
         self._unsubscribe: Callable[[], None] | None = None
@@ -134,6 +136,7 @@ class Balancer:
     def _on_pool_change(self, pool: WorkerPool) -> None:
         workers = tuple(pool)
         self._by_name = {w.name: w for w in workers}
+        self._ready = available(workers)
         self.slow_start.observe(workers)
         self.policy.update(workers)
         total = sum(w.weight for w in workers)
@@ -145,19 +148,35 @@ class Balancer:
         """The worker a key hashes to, whatever its health; None for policies without keys."""
         return self.policy.ring_home(key)
 
-    def fleet_full(self) -> bool:
+    def fleet_full(self, ahead: int = 1) -> bool:
         """Whether a request sent now would wait at every worker it could go to (available:
         healthy, not ejected, not draining): `Loads.full` one request ahead, the test that
-        `routing.saturation` holds for `hold` before placement counts a worker saturated.
-        False with no worker available: placement answers that (a 503), nothing is gained by
-        waiting."""
-        ready = [w for w in self._by_name.values() if w.available]
-        if not ready:
-            return False
-        now = self._clock()
-        cap_of = caps(ready, self.slow_start.weight, self._settings.load_factor)
-        full = self.loads.full
-        return all(full(worker, cap_of(worker), now, ahead=1) for worker in ready)
+        `routing.saturation` holds for `hold` before placement counts a worker saturated;
+        with `ahead` = n, whether no worker has n places free. False with no worker
+        available: placement answers that (a 503), nothing is gained by waiting."""
+        ready, would_wait = self._waits(ahead)
+        return bool(ready) and all(map(would_wait, ready))
+
+    def crowded(self, ahead: int = 1) -> tuple[str, ...]:
+        """The available workers where a request sent now would wait (with `ahead` = n: that
+        have fewer than n places free; see `fleet_full`)."""
+        ready, would_wait = self._waits(ahead)
+        return tuple(worker.name for worker in ready if would_wait(worker))
+
+    def _waits(self, ahead: int) -> tuple[tuple[Worker, ...], Callable[[Worker], bool]]:
+        """The available workers, and the test of one: bounded_load's caps are worked out
+        only if a worker's figures are stale, so a fleet with room answers in a step."""
+        ready, loads, now = self._ready, self.loads, self._clock()
+        cap_of: list[Callable[[Worker], int]] = []
+
+        def would_wait(worker: Worker) -> bool:
+            if loads.fresh(worker, now):
+                return loads.full(worker, 0, now, ahead)
+            if not cap_of:
+                cap_of.append(caps(ready, self.slow_start.weight, self._settings.load_factor))
+            return loads.full(worker, cap_of[0](worker), now, ahead)
+
+        return ready, would_wait
 
     def decide(self, context: PlacementContext) -> Decision:
         """A worker for this attempt; raises NoHealthyWorker (or DegradedRefusal) when none

@@ -3,7 +3,8 @@ continue a stream that a worker cut off.
 
 First the request passes admission control (`router.limits.admission`: while every worker is
 saturated it waits in the router, tenants served in turn, until one has room; it holds its
-place there until its first worker is leased). Each attempt takes a placement decision
+place there until its first worker is leased; one without a session that waited avoids the
+workers it would still wait at). Each attempt takes a placement decision
 (avoiding the workers already tried) and a lease on the chosen worker, which counts it in
 flight until the answer has been relayed or the attempt failed. A failure before anything
 reached the client (refused, reset, connect timeout, garbled head, a status in
@@ -136,7 +137,8 @@ class Forwarder:
             sniffer = meter.sniffer
         tried: list[str] = []
         async with self._admission.admit(out.key.tenant, deadline) as ticket:
-            opened = await self.open(out, deadline, tried, placed=ticket.placed)
+            avoid = ticket.avoid if out.key.session is None else ()
+            opened = await self.open(out, deadline, tried, avoid, ticket.placed)
         try:
             while True:
                 answer = Answer(

@@ -39,7 +39,9 @@ class Fleet:
         self.metrics = Metrics()
         tenants = TenantLimitSettings(named={"gold": {"share": 2.0, "label": "gold"}})
         settings = AdmissionSettings(**admission)  # type: ignore[arg-type]
-        self.admission = Admission(settings, tenants, self.balancer.fleet_full, self.metrics)
+        self.admission = Admission(
+            settings, tenants, self.balancer.fleet_full, self.balancer.crowded, self.metrics
+        )
         self.order: list[str] = []
         self.leases: dict[str, WorkerLease] = {}
 
@@ -223,3 +225,26 @@ def test_only_workers_that_can_take_requests_count_and_none_is_never_full():
     assert fleet.balancer.fleet_full(), "a draining worker's room is no room"
     fleet.pool.set_draining(fleet.pool.get("w0"), True)
     assert not fleet.balancer.fleet_full(), "no worker at all: placement's 503, not a wait"
+
+
+async def test_headroom_keeps_a_place_for_a_tenant_with_nothing_else_waiting():
+    fleet = Fleet(headroom=1)
+    fleet.busy()
+    w0 = fleet.pool.get("w0")
+    fleet.loads.record(w0, LoadReading(running=2, waiting=1, kv_usage=0.1))  # a batch of 2
+    heavy = [asyncio.create_task(fleet.request("heavy", f"h{i}")) for i in range(3)]
+    await until(lambda: fleet.admission.waiting == 3, "heavy's backlog waiting")
+    fleet.loads.record(w0, IDLE)  # two places free
+    fleet.admission.wake()
+    await until(lambda: fleet.order == ["h0"], "heavy takes one place")
+    await asyncio.sleep(0.05)
+    assert fleet.order == ["h0"], "with more of heavy's waiting, one place stays free"
+    await asyncio.wait_for(fleet.request("light", "l0"), 1)
+    assert fleet.order == ["h0", "l0"], "light, with nothing else waiting, takes it at once"
+    fleet.finish("h0")
+    fleet.finish("l0")
+    await until(lambda: len(fleet.order) >= 3, "heavy again once two places are free")
+    assert fleet.order[2] == "h1"
+    for task in heavy:
+        task.cancel()
+    await asyncio.gather(*heavy, return_exceptions=True)

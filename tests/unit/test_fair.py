@@ -65,3 +65,13 @@ def test_removed_items_leave_their_line_and_the_heaviest_line_is_known():
     with pytest.raises(IndexError):
         queue.pop()
     assert queue.heaviest() is None
+
+
+def test_pop_first_passes_over_tenants_that_may_not_go_without_losing_their_turn():
+    queue: FairQueue[str] = FairQueue()
+    for i in range(3):
+        queue.push("heavy", f"h{i}")
+    queue.push("light", "l0")
+    assert queue.pop_first(lambda tenant, waiting: waiting <= 1) == "l0"
+    assert queue.pop_first(lambda tenant, waiting: waiting <= 1) is None
+    assert queue.pop() == "h0", "heavy kept its turn"

@@ -100,7 +100,7 @@ def make(script: dict[str, object], attempts: int = 2, first_byte: float = 5.0, 
         client, placement, pool, outcomes, Relay(outcomes, metrics, timeouts, pool),  # type: ignore[arg-type]
         metrics, RetrySettings(attempts=attempts, **retry), timeouts,
         admission=Admission(AdmissionSettings(enabled=False), TenantLimitSettings(),
-                            lambda: False, metrics),
+                            lambda ahead: False, lambda ahead: (), metrics),
     )  # fmt: skip
     return forwarder, client, placement, pool, metrics
 
