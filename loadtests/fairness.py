@@ -2,8 +2,8 @@
 ten times its rate into a saturated fleet, with and without limits and admission control; and
 what a rate-limit check costs on Redis.
 
-    python -m loadtests.fairness            # about 6 minutes
-    python -m loadtests.fairness --quick    # about 2 minutes
+    python -m loadtests.fairness            # about 8 minutes
+    python -m loadtests.fairness --quick    # about 4 minutes
 
 Simulated workers with a batch limit (vLLM's `max_num_seqs`) serve streamed chat requests at
 a fixed capacity, measured first (`capacity`: completions a second with the fleet kept full).
@@ -15,16 +15,19 @@ same fleet with caches emptied, measured after `--warmup` seconds:
 
 - `light alone`: the baseline (admission on, limits on: nothing is saturated);
 - `no limits, no admission`: both tenants, the fleet as it is without this feature;
-- `fair admission, no limits`: both tenants, the router's queue served in round robin;
-- `fair admission + limits`: as above with the heavy tenant's requests per minute limited to
-  `--heavy-limit` x capacity, above what the fleet serves, so it stays saturated (the
-  measured target: light's TTFT p99 within 1.5x of its TTFT p99 alone);
-- `no admission + limits`: the same limits without the queue, for comparison.
+- `limits, no admission`: the heavy tenant's requests per minute limited to `--heavy-limit` x
+  capacity, above what the fleet serves, so the fleet stays saturated (a limit counts a
+  minute's worth at once, so within a phase it refuses nothing: limits alone do not help);
+- `fair admission + limits`: the same limits, with the router's queue served in round robin
+  (`limits.admission` as configured by default: the measured target is light's TTFT p99 here
+  within 1.5x of its TTFT p99 alone);
+- `... + headroom N`: the same with `limits.admission.headroom: N` (`--headroom`).
 
 Then the limiter's cost on Redis: the check alone (`TenantLimiter.check`, one Lua script per
 request, against the Redis at 127.0.0.1:6379 or one started for the run), and end to end: two
 router processes on the same Redis in front of an instant worker, one with limits and one
-without, requests alternating between them.
+without, requests alternating between them. And what admission adds to a request while the
+fleet has room (`Balancer.fleet_full` over 64 workers).
 
 Table on stdout; figures and a plot in loadtests/out/fairness.{json,png}.
 """
@@ -35,10 +38,12 @@ import argparse
 import asyncio
 import json
 import math
+import multiprocessing
 import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -135,30 +140,40 @@ async def arrivals(http, url: str, tenant: str, rate: float, seconds: float, sta
         at += rng.expovariate(rate)
 
 
-async def play(url: str, rates: dict[str, float], seconds: float, seed: int,
-               label: str) -> tuple[list[Shot], float]:  # fmt: skip
+async def play(url: str, tenant: str, rate: float, seconds: float, seed: int, label: str,
+               start_at: float) -> list[Shot]:  # fmt: skip
+    """One tenant's arrivals from `start_at` (wall clock) on, and every answer to them."""
     shots: list[Shot] = []
     pending: set[asyncio.Task[Shot]] = set()
     timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT, sock_connect=5)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
-        started = time.perf_counter()
-        feeders = [
-            asyncio.create_task(arrivals(http, url, tenant, rate, seconds, started,
-                                         random.Random(f"{seed}-{tenant}"), shots, pending))
-            for tenant, rate in rates.items() if rate > 0
-        ]  # fmt: skip
+        started = time.perf_counter() + (start_at - time.time())
+        await asyncio.sleep(max(0.0, started - time.perf_counter()))
+        rng = random.Random(f"{seed}-{tenant}")
+        feeder = asyncio.create_task(
+            arrivals(http, url, tenant, rate, seconds, started, rng, shots, pending)
+        )
         tty = sys.stderr.isatty()
-        while not all(f.done() for f in feeders) or pending:
+        while not feeder.done() or pending:
             await asyncio.sleep(1.0 if tty else 10.0)
             elapsed = time.perf_counter() - started
-            line = f"  {label}: {elapsed:4.0f}s, {len(shots)} answered, {len(pending)} open"
+            line = f"  {label}, {tenant}: {elapsed:4.0f}s, {len(shots)} answered, " \
+                   f"{len(pending)} open"  # fmt: skip
             print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr,
                   flush=True)  # fmt: skip
-        await asyncio.gather(*feeders)
+        await feeder
     if tty:
         print(file=sys.stderr)
-    return shots, time.perf_counter() - started
+    return shots
+
+
+def play_tenant(url: str, tenant: str, rate: float, seconds: float, seed: int, label: str,
+                start_at: float) -> list[dict[str, Any]]:  # fmt: skip
+    """`play` in a process of its own (each tenant is a client of its own, so one client's
+    load never delays another's measurements)."""
+    shots = asyncio.run(play(url, tenant, rate, seconds, seed, label, start_at))
+    return [asdict(s) for s in shots]
 
 
 def tenant_limits(rpm_heavy: float | None) -> dict[str, Any]:
@@ -172,10 +187,16 @@ def run_phase(fleet: LocalFleet, phase: Phase, seconds: float, seed: int,
     fleet.reset_caches()
     limits = {"tenants": phase.limits, "admission": admission}
     with fleet.router_process(limits=limits) as router:
-        time.sleep(0.5)  # first load scrapes
-        phase.shots, phase.seconds = asyncio.run(
-            play(router.url, phase.rates, seconds, seed, phase.name)
-        )
+        start_at = time.time() + 2.0  # first load scrapes; the clients' processes start
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(len(phase.rates), mp_context=spawn) as pool:
+            runs = [
+                pool.submit(play_tenant, router.url, tenant, rate, seconds, seed, phase.name,
+                            start_at)
+                for tenant, rate in phase.rates.items()
+            ]  # fmt: skip
+            phase.shots = [Shot(**shot) for run in runs for shot in run.result()]
+        phase.seconds = time.time() - start_at
 
 
 def capacity(fleet: LocalFleet, seconds: float, warm: float = 5.0) -> float:
