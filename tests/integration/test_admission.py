@@ -116,3 +116,52 @@ async def until_async(check, what: str, timeout: float = 3.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not reached within {timeout:g}s: {what}")
         await asyncio.sleep(0.02)
+
+
+async def homed(http, url: str, headers: dict[str, str], text: str) -> str:
+    """The worker a short request goes to while nothing is busy: its key's home."""
+    body = chat_body(text, max_tokens=1)
+    async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
+        await resp.read()
+        assert resp.headers["x-kvrouter-route"] == "affinity"
+        return resp.headers["x-kvrouter-worker"]
+
+
+async def timed(http, url: str, headers: dict[str, str], text: str, tokens: int) -> str:
+    body = chat_body(text, max_tokens=tokens)
+    async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
+        await resp.read()
+        assert resp.status == 200
+        return resp.headers["x-kvrouter-worker"]
+
+
+async def test_a_request_without_a_session_leaves_the_queue_for_the_worker_with_room(
+    sim_fleet, router_in_process, http
+):
+    fleet = sim_fleet(2, *SIM)
+    async with router_in_process(fleet.settings(load=FAST_LOAD)) as url:
+        await asyncio.sleep(0.1)
+        sessions: dict[str, str] = {}
+        for i in range(20):
+            worker = await homed(http, url, {"x-session-id": f"s{i}"}, "hello")
+            sessions.setdefault(worker, f"s{i}")
+        texts: dict[str, str] = {}
+        for text in (f"question number {i}" for i in range(20)):
+            texts.setdefault(await homed(http, url, {}, text), text)
+        assert set(sessions) == set(texts) == {"sim-0", "sim-1"}
+        for worker, session in sessions.items():  # a scrape sees each batch of one full
+            pair = [timed(http, url, {"x-session-id": session}, "warm", 8) for _ in range(2)]
+            assert await asyncio.gather(*pair) == [worker, worker]
+        long = asyncio.create_task(timed(http, url, {"x-session-id": sessions["sim-0"]}, "l", 40))
+        short = asyncio.create_task(timed(http, url, {"x-session-id": sessions["sim-1"]}, "s", 8))
+        await asyncio.sleep(0.15)  # both batches full, scraped
+        waiting = asyncio.create_task(timed(http, url, {}, texts["sim-0"], 1))
+        await until_async(lambda: queued_now(http, url), "the request waiting in the router")
+        went = await waiting
+        assert not long.done(), "it did not wait for its own home to free up"
+        await asyncio.gather(long, short)
+    assert went == "sim-1", "released when sim-1 had room, it went there, not home to sim-0"
+
+
+async def queued_now(http, url: str) -> bool:
+    return await queued(http, url) == 1

@@ -10,6 +10,10 @@ import time
 import orjson
 import pytest
 
+from router.config import parse_settings
+from router.http.common import ROOT
+from router.reload import effective
+from router.server import running
 from tests.conftest import RedisServer, chat_body, counted
 
 TENANT = {"tenant_header": "x-tenant"}
@@ -164,3 +168,17 @@ async def test_requests_go_through_while_redis_is_down_and_the_failures_are_coun
             await asyncio.sleep(0.05)
         else:
             pytest.fail("limits not enforced again after Redis came back")
+
+
+async def test_a_reload_sets_and_lifts_limits_on_a_running_router(sim_fleet, http):
+    fleet = sim_fleet(1, "--time-scale", "0")
+    settings = fleet.settings(session=TENANT)
+    async with running(settings, settings.host, settings.port) as runner:
+        url, root = f"http://{settings.listen}", runner.app[ROOT]
+        assert [(await chat(http, url, "acme"))[0] for _ in range(3)] == [200, 200, 200]
+        raw = settings.model_dump(mode="json")
+        raw["limits"]["tenants"] = {"default": {"requests_per_minute": 1}}
+        root.reconfigure(effective(settings, parse_settings(raw, "reload", env={})))
+        assert [(await chat(http, url, "acme"))[0] for _ in range(2)] == [200, 429]
+        root.reconfigure(settings)
+        assert (await chat(http, url, "acme"))[0] == 200

@@ -121,8 +121,10 @@ async def test_a_tenants_share_weights_its_turns():
 async def test_a_wait_past_the_timeout_is_a_503_with_retry_after_and_gives_its_place_back():
     fleet = Fleet(timeout=0.1)
     fleet.busy()
+    started = asyncio.get_running_loop().time()
     with pytest.raises(Overloaded) as caught:
         await fleet.request("gold", "g0")
+    assert 0.09 < asyncio.get_running_loop().time() - started < 1.0
     err = caught.value
     assert (err.status, err.code) == (503, "queue_timeout")
     assert int(err.headers["Retry-After"]) >= 1
