@@ -188,8 +188,9 @@ class Metrics:
         )  # fmt: skip
         self.store_evictions = Counter(
             f"{p}_store_evictions_total",
-            "Live histories (kind=history) and pins (kind=pin) the in-memory store dropped, least "
-            "recently used first, to stay within store.max_sessions and store.max_pins.",
+            "Live histories (kind=history), pins (kind=pin) and tenants' rate counts (kind=rate) "
+            "the in-memory store dropped, least recently used first, to stay within "
+            "store.max_sessions, store.max_pins and 100,000 tenants.",
             ["kind"], registry=r,
         )  # fmt: skip
         self.tokenizer_fallbacks = Counter(
