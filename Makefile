@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-routing bench-failover bench-decision bench-history bench-processes bench-recall clean
+.PHONY: demo test lint bench bench-routing bench-failover bench-decision bench-history bench-processes bench-recall bench-limits clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,6 +40,9 @@ bench-processes: $(STAMP)  ## --processes 1 vs 2 vs vllm-router on the whole mac
 
 bench-decision: $(STAMP)  ## placement decision cost with 64 workers (p50/p99)
 	$(PY) -m router.tooling.bench.decision_cost
+
+bench-limits: $(STAMP)  ## a light tenant's TTFT beside a heavy one on a saturated fleet, with and without fair admission; the limiter's cost on Redis (~8 min; QUICK=1: ~4 min)
+	$(PY) -m loadtests.fairness $(if $(QUICK),--quick)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -399,6 +399,80 @@ class DrainSettings(BaseModel):
     check_interval: PositiveSeconds = Field(default=1.0, le=60)
 
 
+class TenantLimit(BaseModel):
+    """One tenant's rate limits (0: none) and its share of the admission queue."""
+
+    model_config = _STRICT
+    requests_per_minute: int = Field(default=0, ge=0, le=10_000_000, description="0 = no limit")
+    tokens_per_minute: int = Field(
+        default=0, ge=0, le=10_000_000_000,
+        description="prompt + completion tokens, debited after each reply; 0 = no limit",
+    )  # fmt: skip
+    share: float = Field(
+        default=1.0, gt=0, le=1000, description="weight in the admission queue's round robin"
+    )
+    label: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="the tenant_class metrics label of this tenant (default: named)",
+    )  # fmt: skip
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.requests_per_minute or self.tokens_per_minute)
+
+
+OTHER_TENANTS = "other"
+"""The tenant_class label of every tenant not named under `limits.tenants.named`."""
+NAMED_TENANTS = "named"
+"""The tenant_class label of a named tenant without a `label` of its own."""
+
+
+class TenantLimitSettings(BaseModel):
+    """Per-tenant rate limits: `named` tenants, and `default` for every other tenant. Off
+    while no limit is set. Counted in the session store (shared by replicas with Redis)."""
+
+    model_config = _STRICT
+    default: TenantLimit = TenantLimit()
+    named: dict[TenantName, TenantLimit] = Field(default_factory=dict)
+    store_timeout: PositiveSeconds = Field(
+        default=0.05, le=10,
+        description="a limit check the store has not answered within this lets the request "
+        "through (fail open), counted",
+    )  # fmt: skip
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any tenant has a rate limit (else no request asks the store)."""
+        return self.default.limited or any(t.limited for t in self.named.values())
+
+    def of(self, tenant: str) -> TenantLimit:
+        return self.named.get(tenant, self.default)
+
+    def label_of(self, tenant: str) -> str:
+        """The tenant's class in metric labels: never the raw tenant unless configured."""
+        found = self.named.get(tenant)
+        if found is None:
+            return OTHER_TENANTS
+        return found.label or NAMED_TENANTS
+
+
+class AdmissionSettings(BaseModel):
+    """When every worker a request could go to is saturated, the request waits in the router,
+    tenants served in turn (weighted by their `share`), instead of queueing at a worker."""
+
+    model_config = _STRICT
+    enabled: bool = True
+    max_queue: int = Field(default=1024, ge=1, le=1_000_000, description="requests waiting")
+    timeout: PositiveSeconds = Field(
+        default=60.0, le=3600, description="seconds a request may wait; then a 503"
+    )
+    headroom: int = Field(
+        default=0, ge=0, le=10_000,
+        description="places per worker a tenant with a backlog in the queue leaves free, for "
+        "tenants with nothing else waiting to start at once",
+    )  # fmt: skip
+
+
 class LimitSettings(BaseModel):
     model_config = _STRICT
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
@@ -415,6 +489,14 @@ class LimitSettings(BaseModel):
     max_client_connections: int = Field(
         default=8192, ge=0, description="open client connections; past it a 503; 0 = unlimited"
     )
+    tenants: TenantLimitSettings = TenantLimitSettings()
+    admission: AdmissionSettings = AdmissionSettings()
+
+    def keeps_state(self) -> bool:
+        """Whether these limits keep per-tenant counts (the rate limits): counts that must be
+        shared by every process serving the same clients, so in a shared store. The admission
+        queue keeps none: it holds only the requests waiting in its own process."""
+        return self.tenants.enabled
 
 
 class ProxySettings(BaseModel):
@@ -862,4 +944,6 @@ def per_process_state(settings: Settings) -> list[str]:
         features.append("routing.pins.enabled")
     if settings.history.enabled:
         features.append("history.enabled")
+    if settings.limits.keeps_state():
+        features.append("limits.tenants")
     return features

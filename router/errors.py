@@ -15,6 +15,8 @@ class RouterError(Exception):
     code = "internal_error"
     close_connection = False
     """Whether the answer ends the client's connection (`Connection: close`)."""
+    param: str | None = None
+    """The request parameter the error is about, as OpenAI's errors name it (mostly none)."""
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -22,7 +24,12 @@ class RouterError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, dict[str, str | None]]:
-        return {"error": {"message": self.message, "type": self.error_type, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message, "type": self.error_type, "param": self.param,
+                "code": self.code,
+            }
+        }  # fmt: skip
 
 
 class BadRequest(RouterError):
@@ -137,3 +144,28 @@ class HistoryAccessDenied(RouterError):
     status = 403
     error_type = "invalid_request_error"
     code = "history_access_denied"
+
+
+class RateLimited(RouterError):
+    """The tenant is over its requests or tokens per minute (`limits.tenants`). `limit` is
+    `requests` or `tokens`, OpenAI's error type for each; `headers` hold Retry-After and the
+    x-ratelimit-* figures."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, limit: str, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers)
+        self.error_type = limit
+
+
+class Overloaded(RouterError):
+    """Every worker is saturated and the request could not wait for one: the admission queue
+    was full (`queue_full`) or the wait passed `limits.admission.timeout` (`queue_timeout`)."""
+
+    status = 503
+    error_type = "server_error"
+
+    def __init__(self, message: str, code: str, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.code = code

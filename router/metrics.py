@@ -188,8 +188,9 @@ class Metrics:
         )  # fmt: skip
         self.store_evictions = Counter(
             f"{p}_store_evictions_total",
-            "Live histories (kind=history) and pins (kind=pin) the in-memory store dropped, least "
-            "recently used first, to stay within store.max_sessions and store.max_pins.",
+            "Live histories (kind=history), pins (kind=pin) and tenants' rate counts (kind=rate) "
+            "the in-memory store dropped, least recently used first, to stay within "
+            "store.max_sessions, store.max_pins and 100,000 tenants.",
             ["kind"], registry=r,
         )  # fmt: skip
         # Semantic recall of pruned turns (router.orchestrator.recall).
@@ -309,6 +310,43 @@ class Metrics:
             "Non-streamed answers whose body broke: retried whole (retried), or not, because "
             "part was already sent (past retries.buffer_bytes) or no attempt was left.",
             ["outcome"], registry=r,
+        )  # fmt: skip
+        # Per-tenant rate limits and admission control (router.limits).
+        self.limit_rejections = Counter(
+            f"{p}_limit_rejections_total",
+            "Requests refused by a tenant's rate limit (rate_requests, rate_tokens: 429) or by "
+            "admission control while every worker was saturated (queue_full, queue_timeout: "
+            "503), by tenant class (limits.tenants: a named tenant's label, else named or "
+            "other; never the raw tenant unless a label says so).",
+            ["reason", "tenant_class"], registry=r,
+        )  # fmt: skip
+        self.rate_limit_check_seconds = Histogram(
+            f"{p}_rate_limit_check_seconds",
+            "The rate-limit check of one request: one atomic call to the session store.",
+            buckets=STORE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.rate_limit_store_errors = Counter(
+            f"{p}_rate_limit_store_errors_total",
+            "Rate-limit calls the session store failed or answered too late, by op (check, "
+            "debit); a failed check lets its request through.",
+            ["op"], registry=r,
+        )  # fmt: skip
+        self.rate_limit_tokens = Counter(
+            f"{p}_rate_limit_tokens_total",
+            "Reply tokens debited from tenants' tokens per minute, by source (usage: the "
+            "worker's count; estimate: a stream without usage) and tenant class.",
+            ["source", "tenant_class"], registry=r,
+        )  # fmt: skip
+        self.admission_queue = Gauge(
+            f"{p}_admission_queue_length",
+            "Requests waiting in this router for a worker with room, by tenant class.",
+            ["tenant_class"], registry=r,
+        )  # fmt: skip
+        self.admission_wait_seconds = Histogram(
+            f"{p}_admission_wait_seconds",
+            "How long requests waited in the admission queue, by tenant class and outcome "
+            "(admitted, queue_full, queue_timeout, gone: the client left).",
+            ["tenant_class", "outcome"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         # Membership: discovery, drains, reloads.
         self.discovery_up = Gauge(

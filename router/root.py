@@ -29,6 +29,8 @@ from router.fleet.workers import Worker, WorkerPool
 from router.http.access_log import AccessLog
 from router.http.auth import Authenticator
 from router.http.connections import ClientGuard
+from router.limits.admission import Admission
+from router.limits.limiter import TenantLimiter
 from router.metrics import Metrics
 from router.orchestrator.access import open_warning
 from router.orchestrator.embeddings import EmbeddingClient
@@ -39,6 +41,7 @@ from router.orchestrator.summary import Summarizer
 from router.orchestrator.tokenizer import ConfiguredTokenizer
 from router.orchestrator.turn import Orchestrator
 from router.placement.calls import WorkerCalls
+from router.placement.cost import BYTES_PER_TOKEN
 from router.placement.place import Balancer, Placement
 from router.placement.session import KeyExtractor
 from router.processes import follow
@@ -122,11 +125,17 @@ class Router:
             max_per_worker=settings.limits.max_connections_per_worker,
         )
         self.membership.on_removed(lambda worker: self.upstream.forget(worker.url))
+        limits = settings.limits
+        self.limiter = TenantLimiter(limits.tenants, self.store, metrics, bytes_per_token(settings))
+        self.admission = Admission(
+            limits.admission, limits.tenants, self.balancer.fleet_full, self.balancer.crowded,
+            metrics,
+        )  # fmt: skip
         outcomes = Outcomes(self.passive, metrics)
         relay = Relay(outcomes, metrics, settings.timeouts, pool, settings.retries)
         self.forwarder = Forwarder(
             self.upstream, self.placement, pool, outcomes, relay, metrics, settings.retries,
-            settings.timeouts,
+            settings.timeouts, admission=self.admission,
         )  # fmt: skip
         self.persister = Persister(self.store, metrics, settings.store.write_retry_deadline)
         self.client = client_session(settings)
@@ -217,10 +226,12 @@ class Router:
                 self._refresh_gauges_forever(), name="gauges"
             )
         self.indexer.start()
+        self.admission.start()
 
     async def stop(self) -> None:
         """Take everything down in reverse order; pending history writes get a short grace."""
         self.stopping = True
+        await self.admission.stop()
         if self._gauges is not None:
             self._gauges.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -235,6 +246,7 @@ class Router:
         await self.embeddings.close()
         await self.persister.close(min(SHUTDOWN_WRITE_GRACE, self.settings.shutdown_grace))
         await self.placement.close()
+        await self.limiter.close()
         await self.upstream.close()
         await self.client.close()
         await self.store.close()
@@ -266,6 +278,8 @@ class Router:
         self.authenticator = Authenticator(settings.auth)
         self.trusted_proxies = TrustedProxies(settings.proxy.trusted_proxies)
         self.clients.reconfigure(settings.limits)
+        self.limiter.reconfigure(settings.limits.tenants, bytes_per_token(settings))
+        self.admission.reconfigure(settings.limits.admission, settings.limits.tenants)
         self.forwarder.reconfigure(settings.retries, settings.timeouts)
         self.tokenizer.reconfigure(settings.history.tokenizer)
         self.summarizer.reconfigure(settings.history.summary)
@@ -290,6 +304,13 @@ def key_extractor(settings: Settings) -> KeyExtractor:
     if settings.auth.enabled and session.tenant_header is not None:
         session = session.model_copy(update={"tenant_header": None})
     return KeyExtractor(session, settings.routing.prefix)
+
+
+def bytes_per_token(settings: Settings) -> float:
+    """Request body bytes per prompt token: how a reply without usage is estimated for its
+    tenant's tokens per minute (the figure placement's cost model uses)."""
+    configured = settings.routing.cost.bytes_per_token
+    return configured or BYTES_PER_TOKEN.get(settings.engine, 4.2)
 
 
 def _history_exposure(settings: Settings) -> tuple[bool, str, bool, str | None]:

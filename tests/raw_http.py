@@ -35,7 +35,7 @@ class Answer:
         """The OpenAI-shaped error object of a JSON error answer."""
         assert self.header("content-type") == "application/json", self.head
         document = orjson.loads(self.body)
-        assert set(document["error"]) == {"message", "type", "code"}, document
+        assert set(document["error"]) == {"message", "type", "param", "code"}, document
         return document["error"]
 
 

@@ -128,15 +128,17 @@ class Loads:
         snap = self._snapshots.get(worker.name)
         return now - snap.at if snap is not None and snap.at > 0 else None
 
-    def estimate(self, worker: Worker, now: float | None = None) -> Estimate:
+    def estimate(self, worker: Worker, now: float | None = None, ahead: int = 0) -> Estimate:
         """Running and waiting now: the scrape's figures plus what the router sent since,
-        less what finished; the router's own in-flight count when the figures are stale."""
+        less what finished (and `ahead` more, as if sent now); the router's own in-flight
+        count when the figures are stale."""
         if now is None:
             now = self._clock()
         snap = self._snapshots.get(worker.name)
         if snap is None or not snap.at or now - snap.at > self._stale_after:
             return Estimate(float(worker.inflight), 0.0, None, False)
-        total = max(0.0, snap.running + snap.waiting + worker.inflight - snap.inflight_at)
+        sent = worker.inflight + ahead - snap.inflight_at
+        total = max(0.0, snap.running + snap.waiting + sent)
         limit = snap.batch_limit
         if limit is not None:
             waiting = max(0.0, total - limit)
@@ -150,12 +152,19 @@ class Loads:
         """Whether `worker` is saturated now (see the module's docstring); `cap` is
         bounded_load's cap, used only when the worker's own figures are stale."""
         now = self._clock() if now is None else now
-        load = self.estimate(worker, now)
+        return self._advance(worker.name, self.full(worker, cap, now), now)
+
+    def full(self, worker: Worker, cap: int, now: float | None = None, ahead: int = 0) -> bool:
+        """Whether `worker` passes the saturation test at this moment: requests wait there or
+        its KV cache is past the limit (without fresh figures: its in-flight count is at
+        `cap` and the floor, a test that already counts the next request). With `ahead`,
+        as if that many more had been sent: whether the next one would wait. `saturated` is
+        this (without `ahead`) held for `hold`; this moves no state."""
+        now = self._clock() if now is None else now
+        load = self.estimate(worker, now, ahead)
         if load.fresh:
-            over = self._over(load.waiting, load.kv_usage)
-        else:
-            over = worker.inflight >= max(cap, self.floor)
-        return self._advance(worker.name, over, now)
+            return self._over(load.waiting, load.kv_usage)
+        return worker.inflight >= max(cap, self.floor)
 
     def _over(self, waiting: float, kv_usage: float | None) -> bool:
         return waiting > _EPSILON or (kv_usage is not None and kv_usage >= self._kv_limit)

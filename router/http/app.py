@@ -11,6 +11,7 @@ from aiohttp import web
 from router.http import admin
 from router.http.common import ROOT
 from router.http.handlers import healthz, metrics_handler, models_handler, proxy_handler, readyz
+from router.http.limits import FORWARDING, rate_headers
 from router.http.middleware import errors_to_json, middleware_stack
 from router.orchestrator import http as history_http
 from router.root import Router
@@ -24,6 +25,8 @@ def build_app(root: Router) -> web.Application:
         client_max_size=settings.limits.max_body_bytes,
     )
     app[ROOT] = root
+    app[FORWARDING] = frozenset({proxy_handler, history_http.chat_handler})
+    app.on_response_prepare.append(rate_headers)
     app.cleanup_ctx.append(_lifecycle)
     app.on_response_prepare.append(history_http.recalled_header)
     app.router.add_get("/healthz", healthz)

@@ -1,8 +1,9 @@
 """The app's middleware, outermost first: the access log when it is on
 (`router.http.access_log`), errors become OpenAI-shaped JSON, each request tells
 its connection's guard when it starts and ends (and is refused past the connection cap),
-HTTP/0.9, absolute-form targets and paths with dot-segments are refused, then API keys name
-the tenant (a pass-through when no keys are configured)."""
+HTTP/0.9, absolute-form targets and paths with dot-segments are refused, API keys name the
+tenant (a pass-through when no keys are configured), then the tenant's rate limits are
+checked (`router.http.limits`; a pass-through when none is set)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from router.errors import (
 )
 from router.http.auth import TENANT
 from router.http.common import ROOT, error_response, request_id_of
+from router.http.limits import tenant_limits
 
 if TYPE_CHECKING:
     from router.http.access_log import AccessLog
@@ -156,5 +158,5 @@ def middleware_stack(
 ) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
     """The whole middleware order, outermost first; the access log, when it is on, outside
     everything, so it sees each answer as the client gets it."""
-    stack = [errors_to_json, client_limits, plain_requests, api_keys]
+    stack = [errors_to_json, client_limits, plain_requests, api_keys, tenant_limits]
     return stack if access_log is None else [access_log.middleware(), *stack]

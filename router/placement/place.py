@@ -47,15 +47,17 @@ from router.placement.policies import (
     build_policy,
     can_take,
 )
+from router.placement.policies.base import available
+from router.placement.policies.bounded_load import caps
 from router.placement.served import ServedLog
 from router.placement.session import RoutingKey
 from router.store import SessionStore
+from router.store.writes import BackgroundWrites
 
 __all__ = ["Balancer", "Decision", "Placement", "PlacementContext", "Rehome", "Route"]
 
 log = logging.getLogger("kvrouter.placement")
 
-WRITE_TIMEOUT = 2.0
 SERVED_CAPACITY = 200_000
 
 
@@ -94,6 +96,7 @@ class Balancer:
         self._clock = clock
         self._rng = rng
         self._by_name: dict[str, Worker] = {}
+        self._ready: tuple[Worker, ...] = ()
         self._healthy = (0, 0)
         self.degraded = False
         self._unsubscribe: Callable[[], None] | None = None
@@ -133,6 +136,7 @@ class Balancer:
     def _on_pool_change(self, pool: WorkerPool) -> None:
         workers = tuple(pool)
         self._by_name = {w.name: w for w in workers}
+        self._ready = available(workers)
         self.slow_start.observe(workers)
         self.policy.update(workers)
         total = sum(w.weight for w in workers)
@@ -143,6 +147,36 @@ class Balancer:
     def ring_home(self, key: str) -> Worker | None:
         """The worker a key hashes to, whatever its health; None for policies without keys."""
         return self.policy.ring_home(key)
+
+    def fleet_full(self, ahead: int = 1) -> bool:
+        """Whether a request sent now would wait at every worker it could go to (available:
+        healthy, not ejected, not draining): `Loads.full` one request ahead, the test that
+        `routing.saturation` holds for `hold` before placement counts a worker saturated;
+        with `ahead` = n, whether no worker has n places free. False with no worker
+        available: placement answers that (a 503), nothing is gained by waiting."""
+        ready, would_wait = self._waits(ahead)
+        return bool(ready) and all(map(would_wait, ready))
+
+    def crowded(self, ahead: int = 1) -> tuple[str, ...]:
+        """The available workers where a request sent now would wait (with `ahead` = n: that
+        have fewer than n places free; see `fleet_full`)."""
+        ready, would_wait = self._waits(ahead)
+        return tuple(worker.name for worker in ready if would_wait(worker))
+
+    def _waits(self, ahead: int) -> tuple[tuple[Worker, ...], Callable[[Worker], bool]]:
+        """The available workers, and the test of one: bounded_load's caps are worked out
+        only if a worker's figures are stale, so a fleet with room answers in a step."""
+        ready, loads, now = self._ready, self.loads, self._clock()
+        cap_of: list[Callable[[Worker], int]] = []
+
+        def would_wait(worker: Worker) -> bool:
+            if loads.fresh(worker, now):
+                return loads.full(worker, 0, now, ahead)
+            if not cap_of:
+                cap_of.append(caps(ready, self.slow_start.weight, self._settings.load_factor))
+            return loads.full(worker, cap_of[0](worker), now, ahead)
+
+        return ready, would_wait
 
     def decide(self, context: PlacementContext) -> Decision:
         """A worker for this attempt; raises NoHealthyWorker (or DegradedRefusal) when none
@@ -226,7 +260,11 @@ class Placement:
         self._drains = drains
         drain = drain or DrainSettings()
         self._served = ServedLog(store, drain.idle, SERVED_CAPACITY, clock)
-        self._writes: set[asyncio.Task[None]] = set()
+        self._writes = BackgroundWrites(
+            store.in_process,
+            lambda action, outcome: metrics.pin_operations.labels(action, outcome).inc(),
+            "pin",
+        )
         self.reconfigure(settings, drain)
 
     def reconfigure(self, settings: PinSettings, drain: DrainSettings | None = None) -> None:
@@ -338,31 +376,9 @@ class Placement:
         background, off the request's path, except that a `join`ed one (a move) is waited for
         up to `store_timeout` before the request goes on (past that it finishes in the
         background, within its own timeout)."""
-        if self._store.in_process:
-            await self._guarded(action, write, timed=False)
-            return
-        task = asyncio.get_running_loop().create_task(self._guarded(action, write))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-        if join:
-            await asyncio.wait((task,), timeout=self._settings.store_timeout)
-
-    async def _guarded(
-        self, action: str, write: Coroutine[Any, Any, None], *, timed: bool = True
-    ) -> None:
-        try:
-            if timed:
-                async with asyncio.timeout(WRITE_TIMEOUT):
-                    await write
-            else:
-                await write
-        except Exception as err:  # a lost pin costs one recompute, never a request
-            self._metrics.pin_operations.labels(action, "error").inc()
-            log.debug("pin %s failed: %r", action, err)
-            return
-        self._metrics.pin_operations.labels(action, "ok").inc()
+        wait = self._settings.store_timeout if join else 0.0
+        await self._writes.write(action, write, wait=wait)
 
     async def close(self) -> None:
         """Let pending pin writes finish (bounded by their timeout)."""
-        if self._writes:
-            await asyncio.wait(set(self._writes), timeout=WRITE_TIMEOUT)
+        await self._writes.close()

@@ -47,8 +47,9 @@ def check_processes(settings: Settings, count: int, port: int) -> None:
         raise ConfigError(
             f"--processes {count} without a shared store (store.url): each process would keep "
             f"its own {', '.join(local)} state, so turns of one session would disagree about "
-            "where its cache is. Set store.url to a Redis, or turn off "
-            "routing.pins.enabled and history.enabled."
+            "where its cache is (and each its own count of a tenant's requests). Set store.url "
+            "to a Redis, or turn off routing.pins.enabled and history.enabled and remove the "
+            "rate limits under limits.tenants."
         )
 
 

@@ -1,11 +1,15 @@
 """Forward one request: place it, send it, retry what may be retried, relay the answer, and
 continue a stream that a worker cut off.
 
-Each attempt takes a placement decision (avoiding the workers already tried) and a lease on
-the chosen worker, which counts it in flight until the answer has been relayed or the attempt
-failed. A failure before anything reached the client (refused, reset, connect timeout,
-garbled head, a status in `retries.on_status`, or a body read whole that broke) is tried
-again on the next choice, at most `retries.attempts` times and within the request's deadline.
+First the request passes admission control (`router.limits.admission`: while every worker is
+saturated it waits in the router, tenants served in turn, until one has room; it holds its
+place there until its first worker is leased; one without a session that waited avoids the
+workers it would still wait at). Each attempt takes a placement decision
+(avoiding the workers already tried) and a lease on the chosen worker, which counts it in
+flight until the answer has been relayed or the attempt failed. A failure before anything
+reached the client (refused, reset, connect timeout, garbled head, a status in
+`retries.on_status`, or a body read whole that broke) is tried again on the next choice, at
+most `retries.attempts` times and within the request's deadline.
 
 Once the first byte has reached the client the request is not sent again; a stream cut after
 it is *resumed* instead (`StreamResumer`, on unless `retries.mid_stream` is off): continued on
@@ -30,6 +34,7 @@ from multidict import CIMultiDict
 from router.config import RetrySettings, TimeoutSettings
 from router.errors import NoHealthyWorker, RouterError
 from router.fleet.workers import Worker, WorkerLease, WorkerPool
+from router.limits.admission import Admission
 from router.metrics import Metrics
 from router.placement.place import Decision, Placement
 from router.placement.session import RoutingKey
@@ -56,6 +61,7 @@ from router.proxy.upstream import (
     Response,
     UpstreamClient,
 )
+from router.proxy.usage import METER
 
 log = logging.getLogger("kvrouter.proxy")
 
@@ -99,8 +105,11 @@ class Forwarder:
         metrics: Metrics,
         retries: RetrySettings,
         timeouts: TimeoutSettings,
+        *,
+        admission: Admission,
     ) -> None:
         self._client = client
+        self._admission = admission
         self._placement = placement
         self._pool = pool
         self._outcomes = outcomes
@@ -115,28 +124,50 @@ class Forwarder:
         self._relay.reconfigure(timeouts, retries)
 
     async def forward(self, request: web.Request, out: Outgoing) -> web.StreamResponse:
-        """Choose, send, retry before the first byte, then relay the answer (resuming it
-        elsewhere if it is cut)."""
+        """Wait for admission, choose, send, retry before the first byte, then relay the
+        answer (resuming it elsewhere if it is cut). A `ReplyMeter` on the request (its
+        tenant's tokens are limited) is given the body's size and the answer's usage."""
         started = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self._timeouts.total
         resumer = StreamResumer(self, out, deadline) if self._retries.mid_stream else None
+        meter = request.get(METER)
+        sniffer = None
+        if meter is not None:
+            meter.sent_bytes = len(out.body)
+            sniffer = meter.sniffer
         tried: list[str] = []
-        while True:
-            opened = await self.open(out, deadline, tried)
-            answer = Answer(opened.response, opened.decision, out.observer, started, deadline)
-            with opened.lease:
-                try:
-                    return await self._relay.relay(request, answer, out.request_id, resumer)
-                except RetryWhole as retry:
-                    worker = opened.decision.worker
-                    tried.append(worker.name)
-                    left = deadline - asyncio.get_running_loop().time()
-                    if len(tried) > self._retries.attempts or left <= 0:
-                        self._metrics.body_retries.labels("no_attempt_left").inc()
-                        raise retry.failure.error(worker) from None
-                    self._metrics.body_retries.labels("retried").inc()
-                    self._retried.labels(retry.failure.kind).inc()
-                    log.info("retrying %s: its body broke on %s", out.request_id, worker.name)
+        async with self._admission.admit(out.key.tenant, deadline) as ticket:
+            avoid = ticket.avoid if out.key.session is None else ()
+            opened = await self.open(out, deadline, tried, avoid, ticket.placed)
+        try:
+            while True:
+                answer = Answer(
+                    opened.response, opened.decision, out.observer, started, deadline, sniffer
+                )
+                with opened.lease:
+                    try:
+                        return await self._relay.relay(request, answer, out.request_id, resumer)
+                    except RetryWhole as retry:
+                        self._retry_whole(retry, opened.decision.worker, tried, deadline)
+                        log.info(
+                            "retrying %s: its body broke on %s", out.request_id,
+                            opened.decision.worker.name,
+                        )  # fmt: skip
+                opened = await self.open(out, deadline, tried)
+        finally:
+            self._admission.wake()
+
+    def _retry_whole(
+        self, retry: RetryWhole, worker: Worker, tried: list[str], deadline: float
+    ) -> None:
+        """A body read whole broke: count the retry, or raise its error if none is left."""
+        tried.append(worker.name)
+        left = deadline - asyncio.get_running_loop().time()
+        if len(tried) > self._retries.attempts or left <= 0:
+            self._metrics.body_retries.labels("no_attempt_left").inc()
+            raise retry.failure.error(worker) from None
+        self._metrics.body_retries.labels("retried").inc()
+        self._retried.labels(retry.failure.kind).inc()
 
     async def open(
         self,
@@ -144,11 +175,13 @@ class Forwarder:
         deadline: float,
         tried: list[str] | None = None,
         avoid: Sequence[str] = (),
+        placed: Callable[[], None] | None = None,
     ) -> Opened:
         """The first usable response head, trying workers in placement order; raises the
         last failure's error when no attempt is left (or NoHealthyWorker). `tried` names
         workers already tried for this request (each counts as an attempt) and gets the ones
-        tried here; `avoid` names workers not to use that count as no attempt."""
+        tried here; `avoid` names workers not to use that count as no attempt; `placed` is
+        called once a worker is leased (counted in flight), before anything is sent."""
         loop = asyncio.get_running_loop()
         tried = [] if tried is None else tried
         while True:
@@ -156,6 +189,8 @@ class Forwarder:
             decision = await self._placement.place(out.key, excluded, len(out.body))
             worker = decision.worker
             lease = self._pool.lease(worker)
+            if placed is not None:
+                placed()
             remaining = deadline - loop.time()
             may_retry = len(tried) < self._retries.attempts and remaining > 0
             try:

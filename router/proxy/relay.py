@@ -36,7 +36,7 @@ from router.proxy.outcomes import Failure, Outcomes, body_failure
 from router.proxy.resume import Stitcher
 from router.proxy.transcript import Transcript
 from router.proxy.upstream import BodyBroken, Response
-from router.proxy.usage import UsageSniffer, usage_from_json
+from router.proxy.usage import Usage, UsageSniffer, usage_from_json
 
 log = logging.getLogger("kvrouter.proxy")
 
@@ -62,14 +62,16 @@ class ResponseObserver(Protocol):
 @dataclass(slots=True)
 class Answer:
     """One worker's answer on its way to the client: its response, the decision that chose
-    the worker, the request's observer, when the request started (perf_counter) and the
-    request's deadline (loop time)."""
+    the worker, the request's observer, when the request started (perf_counter), the
+    request's deadline (loop time), and the sniffer that counts its usage for the request's
+    tenant (`router.proxy.usage.ReplyMeter`), if any."""
 
     response: Response
     decision: Decision
     observer: ResponseObserver | None
     started: float
     deadline: float
+    sniffer: UsageSniffer | None = None
 
 
 @dataclass(slots=True)
@@ -105,7 +107,7 @@ def streaming_events(upstream: Response) -> bool:
 
 
 def sse_error_event(message: str, code: str) -> bytes:
-    payload = {"error": {"message": message, "type": "server_error", "code": code}}
+    payload = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
     return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
@@ -209,7 +211,11 @@ class Relay:
         upstream, decision, observer = answer.response, answer.decision, answer.observer
         if upstream.status < 500:
             self._outcomes.succeeded(decision.worker)
-        if b'"usage"' in body:
+        sniffer = answer.sniffer
+        if sniffer is not None:
+            sniffer.whole(body)
+            self._count_usage(decision, sniffer.usage)
+        elif b'"usage"' in body:
             self._count_usage(decision, usage_from_json(body))
         self._observe(decision, upstream.status, answer.started, first_byte=True)
         if observer is not None:
@@ -270,7 +276,7 @@ class Relay:
                     continuations.append(resumed)
                     current = Answer(
                         resumed.response, resumed.decision, answer.observer, answer.started,
-                        answer.deadline,
+                        answer.deadline, answer.sniffer,
                     )  # fmt: skip
                     pump.resumed(resumed.stitcher)
         except asyncio.CancelledError:
@@ -327,10 +333,10 @@ class Relay:
             if first_byte:
                 self._first_byte_seconds(route, decision.worker.name).observe(elapsed)
 
-    def _count_usage(self, decision: Decision, usage: tuple[int, int] | None) -> None:
+    def _count_usage(self, decision: Decision, usage: Usage | None) -> None:
         if usage is None:
             return
-        prompt, cached = usage
+        prompt, cached = usage.prompt, usage.cached
         labels = (decision.worker.name, decision.route.value)
         self._prompt_tokens(*labels).inc(prompt)
         if cached:
@@ -362,7 +368,7 @@ class _Pump:
         self._first_byte = first_byte
         self._pause = pause
         self.transcript = transcript
-        self.sniffer = UsageSniffer()
+        self.sniffer = answer.sniffer or UsageSniffer()
         self._stitcher: Stitcher | None = None
         self._pause_from = 0.0
         self.first_at = 0.0

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.limits.buckets import Levels, Rule
 from router.store.vectors import StoredVectors, VectorBatch
 
 
@@ -115,6 +116,10 @@ class SessionStore(Protocol):
         `max_vectors` records, with the history's TTL; None when the session is gone (nothing
         is stored), else how many records were added. `SessionTooLarge`, storing nothing, when
         they would take the session past its byte limit."""
+    async def take_rate(self, tenant: str, rule: Rule, requests: int, tokens: int) -> Levels:
+        """Take `requests` from the tenant's per-minute buckets unless `rule` refuses them, and
+        debit `tokens`, in one atomic step (one round trip) that every router sharing the store
+        sees (`router.limits.buckets` says how). Raises `StoreUnavailable`."""
 
     async def forget(self, tenant: str, session: str) -> bool:
         """Drop the session's history, summary, embeddings and pin. True when there was

@@ -23,6 +23,12 @@ def session_keys(prefix: str, tenant: str, session: str) -> dict[str, str]:
     return {part: f"{base}:{part}" for part in parts}
 
 
+def tenant_key(prefix: str, tenant: str, part: str) -> str:
+    """A key of the tenant's own (its rate buckets): `<prefix>:{<tenant>}:<part>`, apart from
+    every session key, whose braces hold a ':' after the tenant."""
+    return f"{prefix}:{{{quote(tenant, safe='')}}}:{part}"
+
+
 def trim_slack(cap: int) -> int:
     """How far past the cap a history may grow before it is trimmed back to the cap, so the
     copy a trim costs is paid once per cap/8 appends, not on every one."""

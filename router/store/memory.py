@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from router.limits.buckets import Buckets, Levels, Rule, full_in_ms, take
 from router.store.base import SessionTooLarge, StoredHistory
 from router.store.keys import trim_slack
 from router.store.vectors import HEADER_BYTES, StoredVectors, VectorBatch, merge
@@ -27,6 +28,7 @@ log = logging.getLogger("kvrouter.store")
 K = TypeVar("K")
 V = TypeVar("V")
 SWEEP_PER_INSERT = 8  # expired entries dropped from the least recently used end per insert
+MAX_RATE_TENANTS = 100_000  # tenants whose rate buckets are kept (a full bucket is not kept)
 EVICTION_LOG_INTERVAL = 60.0
 
 
@@ -48,6 +50,14 @@ class _Conversation:
 @dataclass(slots=True)
 class _Pin:
     worker: str
+    expires: float
+
+
+@dataclass(slots=True)
+class _Rate:
+    """A tenant's rate buckets, until they are full again (`expires`)."""
+
+    buckets: Buckets
     expires: float
 
 
@@ -112,7 +122,7 @@ class _EvictionLog:
         self._clock = clock
         self._on_evict = on_evict
         self._caps = caps
-        self._since: dict[str, int] = {"history": 0, "pin": 0}
+        self._since: dict[str, int] = {"history": 0, "pin": 0, "rate": 0}
         self._logged = -math.inf
 
     def evicted(self, kind: str, count: int) -> None:
@@ -126,11 +136,13 @@ class _EvictionLog:
         if now - self._logged >= EVICTION_LOG_INTERVAL:
             window = "" if self._logged == -math.inf else f" in the last {now - self._logged:.0f}s"
             log.warning(
-                "in-memory store evicted %d histories and %d pins%s, least recently used first, "
-                "to stay within %s; raise them or keep state in Redis (store.url)",
-                self._since["history"], self._since["pin"], window, self._caps,
+                "in-memory store evicted %d histories, %d pins and %d tenants' rate counts%s, "
+                "least recently used first, to stay within %s; raise them or keep state in "
+                "Redis (store.url)",
+                self._since["history"], self._since["pin"], self._since["rate"], window,
+                self._caps,
             )  # fmt: skip
-            self._since = {"history": 0, "pin": 0}
+            self._since = {"history": 0, "pin": 0, "rate": 0}
             self._logged = now
 
 
@@ -160,7 +172,11 @@ class MemoryStore:
         self._sessions: _Recent[tuple[str, str], _Conversation] = _Recent(
             max_sessions, lambda c: c.expires
         )
-        caps = f"store.max_sessions={max_sessions} and store.max_pins={max_pins}"
+        self._rates: _Recent[str, _Rate] = _Recent(MAX_RATE_TENANTS, lambda r: r.expires)
+        caps = (
+            f"store.max_sessions={max_sessions}, store.max_pins={max_pins} and "
+            f"{MAX_RATE_TENANTS} tenants with rate limits"
+        )
         self._evictions = _EvictionLog(clock, on_evict, caps)
 
     async def get_pin(self, tenant: str, session: str) -> str | None:
@@ -183,6 +199,18 @@ class MemoryStore:
         now = self._clock()
         evicted = self._served.put((tenant, session), _Pin(worker, now + ttl), now)
         self._evictions.evicted("pin", evicted)
+
+    async def take_rate(self, tenant: str, rule: Rule, requests: int, tokens: int) -> Levels:
+        now = self._clock()
+        found = self._rates.get(tenant, now)
+        before = found.buckets if found is not None else None
+        stored, levels = take(before, rule, now * 1000.0, requests, tokens)
+        expires = now + full_in_ms(levels, rule) / 1000.0
+        if found is not None:
+            found.buckets, found.expires = stored, expires
+        elif expires > now:
+            self._evictions.evicted("rate", self._rates.put(tenant, _Rate(stored, expires), now))
+        return levels
 
     def _live(self, tenant: str, session: str) -> _Conversation | None:
         return self._sessions.get((tenant, session), self._clock())

@@ -26,9 +26,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from router.config import StoreSettings
+from router.limits.buckets import Levels, Rule
 from router.store.base import SessionTooLarge, StoredHistory, StoreUnavailable
 from router.store.coalesce import CoalescedReads
-from router.store.keys import session_keys, trim_slack
+from router.store.keys import session_keys, tenant_key, trim_slack
 from router.store.vectors import HEADER_BYTES, StoredVectors, VectorBatch
 
 log = logging.getLogger("kvrouter.store")
@@ -227,6 +228,50 @@ if redis.call('STRLEN', KEYS[1]) < held then return {head, false} end
 return {head, redis.call('GETRANGE', KEYS[1], held, -1)}
 """
 
+# KEYS: the tenant's rate hash (fields r, t: the bucket levels; at: when written, ms). ARGV:
+# requests and tokens per minute (0: no limit), requests to take, tokens to debit. The steps of
+# `router.limits.buckets.take`, on Redis's clock; the hash lives until both buckets are full
+# again. Returns {refused or '', r, t}, levels as strings (a number loses its fraction).
+_RATE = """
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + clock[2] / 1000
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local want, debit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local stored = redis.call('HMGET', KEYS[1], 'r', 't', 'at')
+local at = tonumber(stored[3]) or now
+local function level(value, limit)
+  if limit <= 0 then return 0 end
+  if not value then return limit end
+  return math.min(limit, tonumber(value) + math.max(0, now - at) * limit / 60000)
+end
+local r, t = level(stored[1], rpm), level(stored[2], tpm)
+local refused = ''
+if want > 0 then
+  if rpm > 0 and r < want then refused = 'requests'
+  elseif tpm > 0 and t <= 0 then refused = 'tokens'
+  else r = r - want end
+end
+if tpm > 0 then t = t - debit end
+local full = 0
+local fields = {'at', tostring(now)}
+if rpm > 0 then
+  full = math.max(full, (rpm - r) * 60000 / rpm)
+  fields[#fields + 1] = 'r'
+  fields[#fields + 1] = tostring(r)
+end
+if tpm > 0 then
+  full = math.max(full, (tpm - t) * 60000 / tpm)
+  fields[#fields + 1] = 't'
+  fields[#fields + 1] = tostring(t)
+end
+redis.call('DEL', KEYS[1])
+if full > 0 then
+  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(full))
+end
+return {refused, tostring(r), tostring(t)}
+"""
+
 
 class _Backoff:
     """Fail fast for a growing while after a failure; the first call after it tries again."""
@@ -307,6 +352,7 @@ class RedisStore:
         self._discard = self._redis.register_script(_DISCARD)
         self._add_vectors = self._redis.register_script(_ADD_VECTORS)
         self._read_vector_tail = self._redis.register_script(_READ_VECTOR_TAIL)
+        self._rate = self._redis.register_script(_RATE)
         # pins and served records: one MGET per turn of the loop (router.store.coalesce)
         self._markers = CoalescedReads(lambda keys: self._call(lambda: self._redis.mget(keys)))
         self._ttl_ms = int(settings.history_ttl * 1000)
@@ -488,6 +534,12 @@ class RedisStore:
             args += [index, record]
         added = int(await self._call(lambda: self._add_vectors(keys=names, args=args), session))
         return None if added < 0 else added
+
+    async def take_rate(self, tenant: str, rule: Rule, requests: int, tokens: int) -> Levels:
+        key = [tenant_key(self._settings.key_prefix, tenant, "rate")]
+        args = [rule.requests, rule.tokens, requests, tokens]
+        refused, left, tokens_left = await self._call(lambda: self._rate(keys=key, args=args))
+        return Levels(float(left), float(tokens_left), refused.decode() or None)
 
     async def forget(self, tenant: str, session: str) -> bool:
         keys = list(self._keys(tenant, session).values())

@@ -87,7 +87,7 @@ def _copy(node: Any) -> Any:
     return node
 
 
-FREE_MAPPINGS = {("custom_metrics",)}  # mappings whose keys are data, not settings
+FREE_MAPPINGS = {("custom_metrics",), ("limits", "tenants", "named")}  # keys are data, not settings
 MAPPING_PATHS = [()] + [p for p in SHIPPED_PATHS if isinstance(_get(SHIPPED, p), dict)]
 NUMBER_PATHS = [
     p for p in SHIPPED_PATHS

@@ -214,6 +214,13 @@ def test_several_processes_without_a_shared_store_are_refused(tmp_path):
     assert "store.url" in refused.stderr and "routing.pins.enabled" in refused.stderr
     assert "history.enabled" in refused.stderr
 
+    # with pins and history off, a tenant's rate counts are still per process
+    config.update(routing={"pins": {"enabled": False}}, history={"enabled": False},
+                  limits={"tenants": {"default": {"requests_per_minute": 60}}})  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    limited = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert limited.returncode == 2 and "limits.tenants" in limited.stderr, limited.stderr
+
 
 async def test_a_killed_child_is_started_again_and_an_orphan_stops(
     sim_fleet, shared_store, tmp_path

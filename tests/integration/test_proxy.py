@@ -15,7 +15,7 @@ from router.config import parse_settings
 from router.tooling.launch import free_port
 from tests.conftest import FAST_HEALTH, SimFleet, chat_body, healthy, serving
 
-ERROR_KEYS = {"message", "type", "code"}
+ERROR_KEYS = {"message", "type", "param", "code"}
 
 
 async def error_of(resp: aiohttp.ClientResponse) -> dict:

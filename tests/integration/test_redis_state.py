@@ -8,8 +8,10 @@ import time
 
 import orjson
 import pytest
+import redis.asyncio as redis
 
 from router.config import StoreSettings
+from router.limits.buckets import Rule
 from router.metrics import Metrics
 from router.orchestrator.persist import Persister
 from router.store import StoreUnavailable
@@ -219,3 +221,25 @@ async def test_racing_turns_through_two_routers_are_each_stored_once_in_arrival_
     async with http.get(urls[1] + "/v1/sessions/race") as resp:
         again = await resp.json()
     assert len(again["messages"]) == len(document["messages"]), "a replayed request id is a no-op"
+
+
+async def test_two_routers_on_one_redis_count_a_tenants_requests_together(
+    shared_redis_url, redis_prefix
+):
+    settings = StoreSettings(url=shared_redis_url, key_prefix=redis_prefix)
+    first, second = RedisStore(settings), RedisStore(settings)
+    rule = Rule(requests=4)
+    try:
+        refused = []
+        for store in (first, second, first, second, first, second):
+            refused.append((await store.take_rate("acme", rule, 1, 0)).refused)
+        assert refused == [None, None, None, None, "requests", "requests"]
+        client = redis.Redis.from_url(shared_redis_url)
+        try:
+            ttl = await client.pttl(f"{redis_prefix}:{{acme}}:rate")
+        finally:
+            await client.aclose()
+        assert 59_000 < ttl <= 60_000, "kept until the bucket is full again, a minute"
+    finally:
+        await first.close()
+        await second.close()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from router.config import StoreSettings
+from router.limits.buckets import Rule
 from router.store import MemoryStore, SessionStore, SessionTooLarge, StoreUnavailable, make_store
 from router.store.redis import RedisStore
 from router.store.vectors import StoredVectors, VectorBatch, digests_of, turn_digest
@@ -360,3 +361,31 @@ async def test_vectors_expire_with_the_history_and_live_as_long_as_it(store):
     await asyncio.sleep(TTL * 1.2)
     assert await store.read_vectors("t", "s") == StoredVectors()
     assert (await store.read_history("t", "s")).entries == ()
+async def test_rate_buckets_refuse_past_the_requests_per_minute_and_keep_tenants_apart(store):
+    rule = Rule(requests=3)
+    for left in (2, 1, 0):
+        levels = await store.take_rate("t", rule, 1, 0)
+        assert levels.refused is None and levels.requests == pytest.approx(left, abs=0.01)
+    refused = await store.take_rate("t", rule, 1, 0)
+    assert refused.refused == "requests" and refused.requests < 1
+    assert (await store.take_rate("t2", rule, 1, 0)).refused is None, "another tenant's own"
+
+
+async def test_rate_buckets_debit_reply_tokens_below_zero_and_refill_over_time(store):
+    rule = Rule(tokens=6000)  # 100 tokens a second
+    assert (await store.take_rate("t", rule, 1, 0)).refused is None
+    debited = await store.take_rate("t", rule, 0, 6050)
+    assert debited.tokens == pytest.approx(-50, abs=5) and debited.refused is None
+    assert (await store.take_rate("t", rule, 1, 0)).refused == "tokens"
+    await asyncio.sleep(0.7)
+    later = await store.take_rate("t", rule, 1, 0)
+    assert later.refused is None and later.tokens == pytest.approx(20, abs=10)
+
+
+async def test_rate_buckets_follow_a_changed_rule(store):
+    await store.take_rate("t", Rule(requests=2), 1, 0)
+    levels = await store.take_rate("t", Rule(requests=1), 1, 0)
+    assert levels.refused is None and levels.requests == pytest.approx(0, abs=0.01), (
+        "a lower limit caps what is left"
+    )
+    assert (await store.take_rate("t", Rule(requests=1), 1, 0)).refused == "requests"

@@ -9,10 +9,17 @@ from collections.abc import Collection
 import pytest
 from multidict import CIMultiDict
 
-from router.config import PassiveHealthSettings, RetrySettings, TimeoutSettings
+from router.config import (
+    AdmissionSettings,
+    PassiveHealthSettings,
+    RetrySettings,
+    TenantLimitSettings,
+    TimeoutSettings,
+)
 from router.errors import NoHealthyWorker, UpstreamError, UpstreamTimeout
 from router.fleet.passive import PassiveHealth
 from router.fleet.workers import Worker, WorkerPool
+from router.limits.admission import Admission
 from router.metrics import Metrics
 from router.placement.policies import Decision, Route
 from router.placement.session import RoutingKey
@@ -92,6 +99,8 @@ def make(script: dict[str, object], attempts: int = 2, first_byte: float = 5.0, 
     forwarder = Forwarder(
         client, placement, pool, outcomes, Relay(outcomes, metrics, timeouts, pool),  # type: ignore[arg-type]
         metrics, RetrySettings(attempts=attempts, **retry), timeouts,
+        admission=Admission(AdmissionSettings(enabled=False), TenantLimitSettings(),
+                            lambda ahead: False, lambda ahead: (), metrics),
     )  # fmt: skip
     return forwarder, client, placement, pool, metrics
 

@@ -109,3 +109,16 @@ def test_a_failed_scrape_is_counted_and_keeps_the_last_figures_until_they_age():
     assert loads.snapshot("w0").failures == 1 and loads.estimate(worker).fresh
     described = loads.describe(worker)["load"]
     assert described["scrape_failures"] == 1 and described["fresh"] is True
+
+
+def test_full_looks_ahead_by_the_requests_about_to_be_sent_and_moves_no_state():
+    _, loads, pool, worker = setup(hold=0.0)
+    loads.record(worker, LoadReading(running=2, waiting=1, kv_usage=0.2))  # a batch of 2
+    loads.record(worker, LoadReading(running=1, waiting=0, kv_usage=0.2))
+    assert not loads.full(worker, cap=0, ahead=1), "a free place in the batch"
+    _lease = pool.lease(worker)
+    assert not loads.full(worker, cap=0), "nothing waits there yet"
+    assert loads.full(worker, cap=0, ahead=1), "the next request would wait"
+    assert not loads.saturated(worker, cap=0), "full() moved no saturation state"
+    loads.record(worker, LoadReading(running=1, waiting=0, kv_usage=0.97))
+    assert loads.full(worker, cap=0), "a KV cache past the limit is full whatever waits"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import attrgetter
 
 from router.fleet.workers import Worker
@@ -26,6 +26,21 @@ _INFLIGHT = attrgetter("inflight")
 def cap(load_factor: float, total_inflight: int, weight: float, total_weight: float) -> int:
     """The most requests a worker of `weight` may hold once one more request is placed."""
     return math.ceil(load_factor * (total_inflight + 1) * weight / total_weight - _EPSILON)
+
+
+def caps(
+    ready: Sequence[Worker], weight: Callable[[Worker], float], load_factor: float
+) -> Callable[[Worker], int]:
+    """Each of the `ready` workers' cap as their load stands now, `weight` giving each one's
+    weight (slow start's, for a worker ramping up): what a saturation test falls back on
+    without fresh figures."""
+    total_inflight = sum(map(_INFLIGHT, ready))
+    total_weight = sum(weight(w) for w in ready) or 1.0
+
+    def cap_of(worker: Worker) -> int:
+        return cap(load_factor, total_inflight, weight(worker), total_weight)
+
+    return cap_of
 
 
 class BoundedLoad(ConsistentHash):

@@ -23,7 +23,7 @@ from router.fleet.load import Loads
 from router.fleet.workers import Worker
 from router.placement.cost import CostModel
 from router.placement.policies.base import Decision, Rehome, Route, available, can_take, why_not
-from router.placement.policies.bounded_load import cap
+from router.placement.policies.bounded_load import caps
 from router.placement.policies.consistent_hash import ConsistentHash
 from router.placement.policies.least_loaded import LeastLoaded
 from router.placement.policies.slow_start import SlowStart
@@ -95,15 +95,11 @@ class CostAware(ConsistentHash):
 
     def _saturation(self, now: float) -> Callable[[Worker], bool]:
         """The saturation test for this decision, with bounded_load's cap for stale figures."""
-        ready = self._ready
-        total_inflight = sum(w.inflight for w in ready)
-        weight = self._slow_start.weight
-        total_weight = sum(weight(w) for w in ready) or 1.0
-        factor, loads = self._load_factor, self._loads
+        cap_of = caps(self._ready, self._slow_start.weight, self._load_factor)
+        loads = self._loads
 
         def saturated(worker: Worker) -> bool:
-            limit = cap(factor, total_inflight, weight(worker), total_weight)
-            return loads.saturated(worker, limit, now)
+            return loads.saturated(worker, cap_of(worker), now)
 
         return saturated
 
