@@ -340,7 +340,7 @@ class Metrics:
         self.admission_queue = Gauge(
             f"{p}_admission_queue_length",
             "Requests waiting in this router for a worker with room, by tenant class.",
-            ["tenant_class"], registry=r,
+            ["tenant_class"], registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         self.admission_wait_seconds = Histogram(
             f"{p}_admission_wait_seconds",
