@@ -58,6 +58,33 @@ def _field_names(model: type[BaseModel], seen: set[type] | None = None) -> set[s
 FIELD_NAMES = sorted(_field_names(Settings))
 
 
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    """The settings models an annotation holds, not looking inside them."""
+    found, stack = [], [annotation]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            found.append(current)
+        else:
+            stack.extend(get_args(current))
+    return found
+
+
+def _accepted_at(path: Path_) -> set[str]:
+    """The key names the settings accept in the mapping at `path` of a router.yaml."""
+    annotations: list[Any] = [Settings]
+    for part in path:
+        inner: list[Any] = []
+        for annotation in annotations:
+            models = _models(annotation)
+            if isinstance(part, str):
+                inner += [m.model_fields[part].annotation for m in models if part in m.model_fields]
+            else:  # a list's item
+                inner += [a for a in get_args(annotation) if a is not Ellipsis] or models
+        annotations = inner
+    return {name for a in annotations for m in _models(a) for name in m.model_fields}
+
+
 def _paths(node: Any, prefix: Path_ = ()) -> list[Path_]:
     """Every key path in a parsed document (mapping keys and list indexes), deepest last."""
     found: list[Path_] = []
@@ -126,7 +153,7 @@ def mutated_shipped(draw: st.DrawFn) -> tuple[dict[str, Any], str, Path_]:
         existing = _get(document, path)
         name = draw(
             st.one_of(st.text(max_size=10), st.sampled_from(FIELD_NAMES)).filter(
-                lambda n: n not in existing
+                lambda n: n not in existing and n not in _accepted_at(path)
             )
         )
         existing[name] = draw(documents)
