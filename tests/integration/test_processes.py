@@ -59,10 +59,33 @@ def role_of(pid: int) -> ProcessRole:
     return ProcessRole.parse(args[args.index(b"--child") + 1].decode())
 
 
+def holds_listener(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on `port` (from /proc/net/tcp)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+            inodes.add(f"socket:[{fields[9]}]")
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd) in inodes for fd in fds.iterdir() if fd.is_symlink())
+
+
+def all_listening(router: RouterProcess, count: int = 2) -> bool:
+    """Whether the router has `count` children and every one of them accepts on its port."""
+    pids = children(router.proc.pid)
+    try:
+        return len(pids) == count and all(holds_listener(pid, router.port) for pid in pids)
+    except FileNotFoundError:  # a child exiting as we look
+        return False
+
+
 def served_by(pid: int, name: str = "kvrouter_requests_total") -> float:
-    """What one child counted itself, read from its own value file."""
+    """What one child counted itself, read from its own value file (none: it counted nothing)."""
     role = role_of(pid)
-    files = [str(Path(role.metrics_dir) / f"counter_{pid}.db")]
+    file = Path(role.metrics_dir) / f"counter_{pid}.db"
+    if not file.exists():
+        return 0.0
+    files = [str(file)]
     return sum(
         sample.value
         for family in MultiProcessCollector.merge(files)
@@ -96,7 +119,7 @@ async def test_one_port_and_one_metrics_view_for_every_process(
     fleet = sim_fleet(2, "--time-scale", "0")
     router = RouterProcess.start(fleet.config(store=shared_store), tmp_path, processes=2)
     try:
-        await until(lambda: len(children(router.proc.pid)) == 2)
+        await until(lambda: all_listening(router), timeout=15)
         results = await fresh_connection_turns(router.url, [f"s{i}" for i in range(60)])
         assert {r["status"] for r in results} == {"200"}
         per_child = {pid: served_by(pid) for pid in children(router.proc.pid)}
@@ -115,7 +138,7 @@ async def test_operator_changes_and_sighup_reach_every_process(
     config = fleet.config(store=shared_store, admin={"token": TOKEN})
     router = RouterProcess.start(config, tmp_path, processes=2, ready="/readyz")
     try:
-        await until(lambda: len(children(router.proc.pid)) == 2)
+        await until(lambda: all_listening(router), timeout=15)
         # /readyz may come from either child; the admin API opens in the observing one
         await until(lambda: listening(router.admin), "the admin API listening", timeout=10)
         auth = {"authorization": f"Bearer {TOKEN}"}
@@ -147,7 +170,7 @@ async def test_workers_are_probed_and_scraped_once_not_once_per_process(tmp_path
         )  # fmt: skip
         router = RouterProcess.start(config, tmp_path, processes=2)
         try:
-            await until(lambda: len(children(router.proc.pid)) == 2)
+            await until(lambda: all_listening(router), timeout=15)
             await asyncio.sleep(1.0)  # both started and settled
             before = Counter(line.split()[1] for line in worker.probes)
             await asyncio.sleep(3.0)
@@ -168,7 +191,7 @@ async def test_a_follower_acts_on_the_leaders_probes(sim_fleet, shared_store, tm
         fleet.config(store=shared_store, health=health), tmp_path, processes=2, ready="/readyz"
     )
     try:
-        await until(lambda: len(children(router.proc.pid)) == 2)
+        await until(lambda: all_listening(router), timeout=15)
         fleet.kill(0)
         await asyncio.sleep(1.5)  # the leader's probes have marked it down (fall 2 at 0.2 s)
         before = await counted(http, router.url, "kvrouter_upstream_errors_total")
@@ -183,7 +206,7 @@ async def test_a_follower_acts_on_the_leaders_probes(sim_fleet, shared_store, tm
 async def test_sigterm_drains_every_process(sim_fleet, shared_store, tmp_path):
     fleet = sim_fleet(1, "--decode-ms-per-token", "100", "--time-scale", "1")
     router = RouterProcess.start(fleet.config(store=shared_store), tmp_path, processes=2)
-    await until(lambda: len(children(router.proc.pid)) == 2)
+    await until(lambda: all_listening(router), timeout=15)
     pids = children(router.proc.pid)
 
     async def stream(i: int) -> bytes:
@@ -228,7 +251,7 @@ async def test_a_killed_child_is_started_again_and_an_orphan_stops(
     fleet = sim_fleet(1, "--time-scale", "0")
     router = RouterProcess.start(fleet.config(store=shared_store), tmp_path, processes=2)
     try:
-        await until(lambda: len(children(router.proc.pid)) == 2)
+        await until(lambda: all_listening(router), timeout=15)
         first = children(router.proc.pid)
         os.kill(first[1], signal.SIGKILL)
         await until(lambda: len(set(children(router.proc.pid)) - set(first)) == 1, timeout=10)
