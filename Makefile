@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-routing bench-failover bench-decision bench-history bench-processes bench-recall bench-limits clean
+.PHONY: demo test lint bench bench-routing bench-failover bench-decision bench-history bench-processes bench-recall bench-limits engine test-engine bench-engine clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,6 +17,16 @@ demo: $(STAMP)  ## the router in front of 4 simulated workers, with a short chat
 test: $(STAMP)  ## the whole test suite
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+engine: $(STAMP)  ## llama-server built once into ~/.cache/kvrouter (8-12 min on 2 cores; then cached) and the tiny model
+	$(PY) -m router.tooling.engine.build
+	$(PY) -m router.tooling.engine.model
+
+test-engine: engine  ## the router on real llama.cpp servers: affinity, SIGKILL mid-load, streams, orchestrator, load monitor (< 3 min once built)
+	$(PY) -m pytest -q -p no:randomly tests/engine
+
+bench-engine: engine  ## consistent_hash, the default and round_robin on real llama.cpp servers: TTFT, cached tokens, 3 runs, a plot (< 15 min)
+	$(PY) -m loadtests.engine_bench $(if $(QUICK),--quick)
 
 bench: $(STAMP)  ## proxy overhead, throughput, streaming and memory: prints a table
 	$(PY) -m router bench
