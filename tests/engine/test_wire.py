@@ -29,7 +29,9 @@ async def test_a_stream_arrives_as_llama_cpp_sent_it_and_its_usage_is_counted(
     assert reply.status == 200 and reply.done == 1
     first, *middle, finish, tail = reply.events
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": None}
-    assert len(middle) == reply.usage["completion_tokens"]  # one chunk per token
+    # One chunk per token, but for the bytes of a character split over tokens, held back
+    # until it is whole (with random weights, such tokens are common).
+    assert 1 <= len(middle) <= reply.usage["completion_tokens"]
     assert all(e["choices"][0]["finish_reason"] is None for e in middle)
     assert finish["choices"][0]["finish_reason"] == "length"
     assert tail["choices"] == [] and tail["timings"]["prompt_n"] == reply.usage["prompt_tokens"]
