@@ -37,7 +37,7 @@ bench-history: $(STAMP)  ## history read + prompt rebuild latency and client egr
 bench-recall: $(STAMP)  ## semantic recall: the right turn back, its latency with 4 MB of vectors, prefix-cache cost per position (needs Redis on :6379; QUICK=1: fewer samples)
 	$(PY) -m router.tooling.bench.recall_bench $(if $(QUICK),--quick)
 
-bench-routing: $(STAMP)  ## policies in three load regimes and the llama.cpp profile's vs the oracle and the targets (3 seeded runs, < 25 min; QUICK=1: 1 run, < 4 min)
+bench-routing: $(STAMP)  ## policies in three load regimes and the llama.cpp profile's vs the oracle and the targets (3 seeded runs, < 25 min; QUICK=1: 1 run, < 5 min)
 	$(PY) -m loadtests.compare_policies $(if $(QUICK),--quick)
 
 bench-failover: $(STAMP)  ## one worker killed and restarted mid-run, per return-home option: errors, cut and resumed streams, resume pauses vs a control burst (~4 min; QUICK=1: ~1.5 min)

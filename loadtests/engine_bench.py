@@ -1,7 +1,7 @@
 """Placement policies on real llama.cpp servers: does the affinity win hold on a real engine?
 
     python -m loadtests.engine_bench            # 3 seeded runs per policy, under 15 minutes
-    python -m loadtests.engine_bench --quick    # 1 shorter run per policy
+    python -m loadtests.engine_bench --quick    # 1 run per policy
 
 Two `llama-server` processes (the cached build, `router.tooling.engine.build`; the tiny model
 with random weights, `router.tooling.engine.model`) behind a router process per policy, each
@@ -97,7 +97,7 @@ def describe_servers(regime: Regime) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one shorter run per policy")
+    parser.add_argument("--quick", action="store_true", help="one run per policy")
     parser.add_argument("--seeds", default="", help="comma-separated (default 1,2,3; quick: 1)")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--logs", type=Path, default=None, help="a directory for server logs")
