@@ -18,7 +18,9 @@ from tests.conftest import FAST_HEALTH
 
 # Two servers, 4 slots of 2,048 tokens each, one thread each: one core per server.
 SETTINGS = LlamaSettings(slots=4, threads=1, context=8192, cache_ram_mib=64)
-ROUTER_DEFAULTS = {"health": FAST_HEALTH, "shutdown_grace": 1}
+# A busy llama-server answers /health and /metrics between batch steps, so on a loaded machine
+# it can take longer than the simulated worker's 0.3 s: probes get 1 s, and three misses.
+ROUTER_DEFAULTS = {"health": {**FAST_HEALTH, "timeout": 1.0, "fall": 3}, "shutdown_grace": 1}
 
 
 @pytest.fixture(scope="session")
