@@ -20,6 +20,7 @@ class Reply:
 
     status: int
     worker: str
+    route: str = ""
     events: list[dict[str, Any]] = field(default_factory=list)
     document: dict[str, Any] = field(default_factory=dict)
     done: int = 0
@@ -63,7 +64,9 @@ async def chat(
         body["stream_options"] = {"include_usage": True}
     async with http.post(url + "/v1/chat/completions", json=body, headers=headers or {}) as resp:
         raw = await resp.read()
-        reply = Reply(resp.status, resp.headers.get("x-kvrouter-worker", ""), raw=raw)
+        head = resp.headers
+        reply = Reply(resp.status, head.get("x-kvrouter-worker", ""),
+                      head.get("x-kvrouter-route", ""), raw=raw)  # fmt: skip
     if resp.status != 200 or not stream:
         reply.document = orjson.loads(raw)
         return reply

@@ -16,11 +16,16 @@ from router.tooling.engine.build import EngineNotBuilt
 from router.tooling.fleet import LlamaSettings, LocalFleet
 from tests.conftest import FAST_HEALTH
 
-# Two servers, 4 slots of 2,048 tokens each, one thread each: one core per server.
-SETTINGS = LlamaSettings(slots=4, threads=1, context=8192, cache_ram_mib=64)
-# A busy llama-server answers /health and /metrics between batch steps, so on a loaded machine
-# it can take longer than the simulated worker's 0.3 s: probes get 1 s, and three misses.
-ROUTER_DEFAULTS = {"health": {**FAST_HEALTH, "timeout": 1.0, "fall": 3}, "shutdown_grace": 1}
+# Two servers, 8 slots of 2,048 tokens each, one thread each: one core per server. With as many
+# slots as a test has chats, no chat loses its slot to another (that, and the prompt cache
+# taking over, is what `make bench-engine` measures, not what the tests pin down).
+SETTINGS = LlamaSettings(slots=8, threads=1, context=16384, cache_ram_mib=64)
+# A llama-server shares its one core between its compute thread and its HTTP threads (and, on a
+# shared machine, with other work), so a busy one can take seconds to answer /health: probes
+# get 2 s and three misses before the only server left is given up on. A dead server refuses
+# connections at once, so it is still found out within a few probes (and by the requests).
+ENGINE_HEALTH = {**FAST_HEALTH, "interval": 0.5, "timeout": 2.0, "fall": 3}
+ROUTER_DEFAULTS = {"health": ENGINE_HEALTH, "shutdown_grace": 1}
 
 
 @pytest.fixture(scope="session")

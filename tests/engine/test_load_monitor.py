@@ -30,7 +30,7 @@ async def test_the_monitor_reads_busy_slots_and_deferred_requests(fleet: LocalFl
     async with router_in_process(settings) as url, aiohttp.ClientSession() as http:
         messages = [{"role": "user", "content": "Count slowly to a thousand."}]
         requests = [
-            asyncio.create_task(chat(http, url, messages, max_tokens=400,
+            asyncio.create_task(chat(http, url, messages, max_tokens=200,
                                      headers={"x-session-id": f"load-{i}"}))
             for i in range(SETTINGS.slots + 2)
         ]  # fmt: skip

@@ -19,7 +19,9 @@ SERVER = {"x-kvrouter-history": "server", "x-session-id": "orchestrated-1"}
 
 async def test_a_rebuilt_prompt_renders_as_the_full_history_would(fleet: LocalFleet) -> None:
     history: list[dict[str, str]] = [SYSTEM]
-    async with fleet.router_in_process(history={"access": "open"}) as url, \
+    # Placement by the ring alone: this test is about the prompt, not about where it goes.
+    routing = {"policy": "consistent_hash"}
+    async with fleet.router_in_process(history={"access": "open"}, routing=routing) as url, \
             aiohttp.ClientSession() as http:  # fmt: skip
         replies = []
         for number, question in enumerate(QUESTIONS):
@@ -36,7 +38,7 @@ async def test_a_rebuilt_prompt_renders_as_the_full_history_would(fleet: LocalFl
         # The whole conversation as a client that keeps its own history would send it.
         direct = await chat(http, server, history[:-1], max_tokens=1)
 
-    assert len({r.worker for r in replies}) == 1
+    assert len({r.worker for r in replies}) == 1, [(r.worker, r.route) for r in replies]
     assert [m["content"] for m in stored["messages"]] == [m["content"] for m in history]
     assert direct.usage["prompt_tokens"] == replies[-1].usage["prompt_tokens"]
     for before, after in itertools.pairwise(replies):

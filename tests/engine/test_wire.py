@@ -1,7 +1,8 @@
-"""What llama.cpp sends, through the router: its stream (a role-only first chunk, one chunk per
-token, the finish chunk, then a chunk with empty `choices`, `usage` and llama.cpp's own
-`timings`, then `[DONE]`), its JSON reply, and its error shape (a numeric `code`). The router
-relays each as the server sent it and reads the usage for its own counters."""
+"""What llama.cpp sends, through the router: its stream (a role-only first chunk unless the
+first token is part of a character, one chunk per token, the finish chunk, then a chunk with
+empty `choices`, `usage` and llama.cpp's own `timings`, then `[DONE]`), its JSON reply, and its
+error shape (a numeric `code`). The router relays each as the server sent it and reads the
+usage for its own counters."""
 
 from __future__ import annotations
 
@@ -43,12 +44,19 @@ async def test_a_stream_arrives_as_llama_cpp_sent_it_and_its_usage_is_counted(
         cached = await counted(http, url, "kvrouter_cached_prompt_tokens_total")
 
     assert reply.status == 200 and reply.done == 1
-    first, *middle, finish, tail = reply.events
-    assert first["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    *chunks, finish, tail = reply.events
+    deltas = [e["choices"][0]["delta"] for e in chunks]
+    # The role comes alone in the first chunk, with the first token's event: when that token
+    # is only part of a character (held back until whole), llama.cpp sends no role at all.
+    roles = [i for i, d in enumerate(deltas) if "role" in d]
+    assert roles in ([], [0]), deltas
+    assert not roles or deltas[0] == {"role": "assistant", "content": None}
+    texts = [d for d in deltas if d.get("content")]
+    assert len(texts) + len(roles) == len(deltas)
     # One chunk per token, but for the bytes of a character split over tokens, held back
     # until it is whole (with random weights, such tokens are common).
-    assert 1 <= len(middle) <= reply.usage["completion_tokens"]
-    assert all(e["choices"][0]["finish_reason"] is None for e in middle)
+    assert 1 <= len(texts) <= reply.usage["completion_tokens"]
+    assert all(e["choices"][0]["finish_reason"] is None for e in chunks)
     assert finish["choices"][0]["finish_reason"] == "length"
     assert tail["choices"] == [] and tail["timings"]["prompt_n"] == reply.usage["prompt_tokens"]
     assert len({e["id"] for e in reply.events}) == 1
