@@ -305,8 +305,12 @@ def ttft_near_llama(results: Results, oracles: Oracles) -> Verdict:
 
 
 ENGINE_LLAMA = LlamaSettings(slots=4, threads=1, context=8192, cache_ram_mib=64)
+# Fitted to `make bench-engine`'s TTFT p50 (engine_reference.json): the servers' prefill rate
+# under this load, a decode step that slows by half for each other slot decoding with it on one
+# thread, and about what the slots (8,192 tokens) and the host cache (64 MiB at 4 KiB a token)
+# hold between them.
 ENGINE_SIM = SimSettings(
-    cache_tokens=8_000, prefill_ms_per_token=0.55, decode_ms_per_token=3.0, time_scale=1.0,
+    cache_tokens=24_000, prefill_ms_per_token=0.38, decode_ms_per_token=3.0, time_scale=1.0,
     decode_batch_penalty=0.5,
 )  # fmt: skip
 _ENGINE = Profile(
