@@ -9,8 +9,9 @@ playing the `engine` regime's multi-turn chat load (`loadtests.regimes`), which 
 servers' slots and context so that reuse is possible at all. Servers restart before each run,
 so each starts cold. It prints TTFT p50/p99 and the cached-token ratio per policy (ranges over
 the runs) and the TTFT p50 of each turn number, saves a PNG and the figures under
-loadtests/out/, and writes the per-turn figures to `loadtests/engine_reference.json`, which
-the simulator's `engine` regime in `make bench-routing` is checked against.
+loadtests/out/, and writes the TTFT p50 of each policy (and of each turn number) to
+`loadtests/engine_reference.json`, which the simulator's `engine` regime in `make bench-routing`
+is checked against.
 """
 
 from __future__ import annotations
