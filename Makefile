@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-routing bench-failover bench-decision bench-history bench-processes bench-recall bench-limits clean
+.PHONY: demo test lint bench bench-routing bench-failover bench-decision bench-history bench-processes bench-recall bench-limits engine test-engine bench-engine clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +18,16 @@ test: $(STAMP)  ## the whole test suite
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
+engine: $(STAMP)  ## llama-server built once into ~/.cache/kvrouter (10-20 min on 2 cores; then cached) and the tiny model
+	$(PY) -m router.tooling.engine.build
+	$(PY) -m router.tooling.engine.model
+
+test-engine: engine  ## the router on real llama.cpp servers: affinity, SIGKILL mid-load, streams, orchestrator, load monitor (< 3 min once built)
+	$(PY) -m pytest -q -p no:randomly tests/engine
+
+bench-engine: engine  ## consistent_hash, the default and round_robin on real llama.cpp servers: TTFT, cached tokens, 3 runs, a plot (< 15 min)
+	$(PY) -m loadtests.engine_bench $(if $(QUICK),--quick)
+
 bench: $(STAMP)  ## proxy overhead, throughput, streaming and memory: prints a table
 	$(PY) -m router bench
 
@@ -27,7 +37,7 @@ bench-history: $(STAMP)  ## history read + prompt rebuild latency and client egr
 bench-recall: $(STAMP)  ## semantic recall: the right turn back, its latency with 4 MB of vectors, prefix-cache cost per position (needs Redis on :6379; QUICK=1: fewer samples)
 	$(PY) -m router.tooling.bench.recall_bench $(if $(QUICK),--quick)
 
-bench-routing: $(STAMP)  ## policies in three load regimes vs the oracle and the targets (3 seeded runs, < 20 min; QUICK=1: 1 run, < 3 min)
+bench-routing: $(STAMP)  ## policies in three load regimes and the llama.cpp profile's vs the oracle and the targets (3 seeded runs, < 25 min; QUICK=1: 1 run, < 5 min)
 	$(PY) -m loadtests.compare_policies $(if $(QUICK),--quick)
 
 bench-failover: $(STAMP)  ## one worker killed and restarted mid-run, per return-home option: errors, cut and resumed streams, resume pauses vs a control burst (~4 min; QUICK=1: ~1.5 min)

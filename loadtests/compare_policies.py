@@ -1,15 +1,18 @@
-"""Compare placement policies in three load regimes, against the oracle and the targets.
+"""Compare placement policies in three load regimes (and the llama.cpp profile's), against the
+oracle and the targets.
 
     python -m loadtests.compare_policies            # 3 seeded runs per regime, under 20 minutes
     python -m loadtests.compare_policies --quick    # 1 shorter run per regime, under 3 minutes
 
 For each regime (`loadtests.regimes`: light load, a real client of multi-round-QA shape, a
-saturating Zipf skew) it starts 4 simulated workers with a batch limit, then for each seed the
-oracle and, for each policy, a router process playing the same workload. It prints the regime's
-parameters, a table per regime (ranges over the runs: hit ratio and its fraction of the oracle,
-TTFT p50/p99, sessions kept on one worker, spills, how often the hottest worker queued), whether
-the regime is what it claims and each target met or missed, and saves a PNG and the figures
-under loadtests/out/. `--scenarios` runs the earlier chat scenarios (`loadtests.scenarios`).
+saturating Zipf skew; and `engine`, the simulated profile of a llama.cpp server checked against
+the real servers' TTFT) it starts its simulated workers (4; 2 for `engine`) with a batch limit,
+then for each seed the oracle and, for each policy, a router process playing the same workload.
+It prints the regime's parameters, a table per regime (ranges over the runs: hit ratio and its
+fraction of the oracle, TTFT p50/p99, sessions kept on one worker, spills, how often the hottest
+worker queued), whether the regime is what it claims and each target met or missed, and saves a
+PNG and the figures under loadtests/out/. `--scenarios` runs the earlier chat scenarios
+(`loadtests.scenarios`).
 """
 
 from __future__ import annotations
@@ -149,8 +152,8 @@ def run_regime(regime: Regime, seeds: Sequence[int], policies: Sequence[str]) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one shorter run per regime")
-    parser.add_argument("--regimes", default="light,real,skew",
-                        help="light, real, skew (comma-separated; empty for none)")
+    parser.add_argument("--regimes", default="light,real,skew,engine",
+                        help="light, real, skew, engine (comma-separated; empty for none)")
     parser.add_argument("--seeds", default="", help="comma-separated (default 1,2,3; quick: 1)")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--scenarios", default="",

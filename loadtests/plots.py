@@ -103,3 +103,47 @@ def plot_regime(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_engine(
+    regime: Regime, results: Mapping[int, Mapping[str, RunResult]], policies: Sequence[str]
+) -> Path:
+    """`make bench-engine`: cached-token ratio, TTFT p50/p99 and each turn's TTFT p50 per
+    policy on real llama.cpp servers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {p: _runs(results, p) for p in policies}
+    fig, (hits, ttft, turns) = plt.subplots(1, 3, figsize=(15, 5))
+    _bars(hits, policies, [[r.summary.hit_ratio * 100 for r in runs[p]] for p in policies],
+          fmt="{:.1f}")  # fmt: skip
+    hits.set_ylim(0, 100)
+    hits.set_title("cached prompt tokens (%)")
+    p50 = [[r.summary.ttft_p50 * 1e3 for r in runs[p]] for p in policies]
+    p99 = [[r.summary.ttft_p99 * 1e3 for r in runs[p]] for p in policies]
+    _bars(ttft, policies, p50, -0.2, 0.4, "p50", "tab:cyan")
+    _bars(ttft, policies, p99, 0.2, 0.4, "p99", "tab:red")
+    ttft.set_title("TTFT (ms)")
+    ttft.legend(loc="upper left")
+    for ax in (hits, ttft):
+        ax.set_xticks(range(len(policies)), [p.replace("_", "_\n") for p in policies])
+    count = regime.compared_turns
+    for policy in policies:
+        medians = [sorted(r.turn_ttft_p50[t] * 1e3 for r in runs[policy])[len(runs[policy]) // 2]
+                   for t in range(count)]  # fmt: skip
+        turns.plot(range(1, count + 1), medians, "o-", color=_COLOURS.get(policy), label=policy)
+    turns.set_xticks(range(1, count + 1))
+    turns.set_ylim(bottom=0)
+    turns.set_xlabel("turn of the session")
+    turns.set_title("TTFT p50 by turn (ms; median over runs)")
+    turns.legend(loc="upper left")
+    fig.suptitle(f"{regime.workers} llama.cpp servers (tiny random model, CPU): {len(results)} "
+                 "run(s), bars = mean, dots = each run", fontsize=12)  # fmt: skip
+    fig.tight_layout()
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / "engine.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -8,16 +8,25 @@
   one queue at least half the time under `consistent_hash`: the default must cut TTFT p99 by
   ≥ 30 % while keeping its hit ratio within 5 points of `consistent_hash` and above the
   load-only policy's.
+- `engine`: the chat load `make bench-engine` plays on two real llama.cpp servers, on two
+  simulated workers whose profile (prefill and decode costs, batch limit = the servers'
+  slots) stands for them: the TTFT p50 of its turns must be within 20 % of what the real
+  servers gave, policy by policy (`loadtests/engine_reference.json`, written by
+  `make bench-engine`).
 
 Each regime also states the conditions that make it what it claims to be (no queueing, no
-eviction, a queueing hot worker), checked on the same runs. Pure: nothing here does I/O.
+eviction, a queueing hot worker), checked on the same runs. Nothing here does I/O but reading
+the committed llama.cpp reference when the `engine` target is checked.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
+from statistics import median
 from typing import Any
 
 from loadtests.multiround import MultiRound, plan_multiround
@@ -25,7 +34,7 @@ from loadtests.oracle import CacheFigures
 from loadtests.report import RunResult, same_placement
 from loadtests.workload import Profile, SessionPlan, plan_users
 from loadtests.zipf import ZipfActivity, plan_zipf
-from router.tooling.fleet import SimSettings
+from router.tooling.fleet import LlamaSettings, SimSettings
 
 POLICIES = ("consistent_hash", "cost_aware", "least_loaded", "round_robin")
 DEFAULT = "cost_aware"
@@ -62,6 +71,7 @@ class Regime:
     stale_after: float = 1.0
     kv_usage: float = 0.95
     floor: int = 8
+    workers: int = WORKERS
 
     def plan(self, seed: int) -> list[list[SessionPlan]]:
         shape = self.shape
@@ -86,10 +96,11 @@ class Regime:
     def describe_workers(self) -> str:
         sim = self.sim
         return (
-            f"{WORKERS} simulated workers: --max-running {self.max_running}, prefix/KV cache "
-            f"{sim.cache_tokens:,} tokens, prefill {sim.prefill_ms_per_token:g} ms/token "
-            f"(serialised), decode {sim.decode_ms_per_token:g} ms/token (+2 % per running "
-            f"request), clock x{1 / sim.time_scale:g} (time_scale {sim.time_scale:g})"
+            f"{self.workers} simulated workers: --max-running {self.max_running}, prefix/KV "
+            f"cache {sim.cache_tokens:,} tokens, prefill {sim.prefill_ms_per_token:g} ms/token "
+            f"(serialised), decode {sim.decode_ms_per_token:g} ms/token "
+            f"(+{sim.decode_batch_penalty:.0%} per running request), clock "
+            f"x{1 / sim.time_scale:g} (time_scale {sim.time_scale:g})"
         )
 
     @property
@@ -121,6 +132,11 @@ class Regime:
                          "bytes_per_token": round(bytes_per_token, 3)},
             },
         }  # fmt: skip
+
+    @property
+    def compared_turns(self) -> int:
+        """The turn numbers every session reaches (1..this), compared turn by turn."""
+        return self.shape.min_turns if isinstance(self.shape, Profile) else 1
 
     def describe_router(self, bytes_per_token: Sequence[float]) -> str:
         low, high = min(bytes_per_token), max(bytes_per_token)
@@ -252,6 +268,56 @@ def hit_above_load_only(results: Results, oracles: Oracles) -> Verdict:
     return Verdict(text, _all(gaps, lambda v: v > 0), _listed(gaps, "{:+.1f} points"))
 
 
+# engine: the real servers and the simulated profile that stands for them
+
+
+ENGINE_REFERENCE = Path(__file__).resolve().parent / "engine_reference.json"
+ENGINE_TOLERANCE = 0.2
+
+
+def _llama_reference() -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(ENGINE_REFERENCE.read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def ttft_near_llama(results: Results, oracles: Oracles) -> Verdict:
+    """TTFT p50 over every turn (median over runs) within 20 % of the real servers', for every
+    policy measured on both."""
+    text = (f"TTFT p50 over the turns within {ENGINE_TOLERANCE:.0%} of llama-server's, each "
+            f"policy ({ENGINE_REFERENCE.name})")  # fmt: skip
+    found = _llama_reference()
+    if found is None:
+        return Verdict(text, False, f"no {ENGINE_REFERENCE.name}: run `make bench-engine`")
+    real: dict[str, float] = found["ttft_p50_ms"]
+    ratios = {
+        policy: median(r[policy].summary.ttft_p50 for r in results.values()) * 1e3 / wanted
+        for policy, wanted in sorted(real.items())
+        if all(policy in r for r in results.values())
+    }
+    if not ratios:
+        return _skipped(text)
+    return Verdict(
+        text, _all(list(ratios.values()), lambda v: abs(v - 1) <= ENGINE_TOLERANCE),
+        "sim/llama: " + ", ".join(f"{p} {v:.2f}" for p, v in ratios.items()),
+    )  # fmt: skip
+
+
+ENGINE_LLAMA = LlamaSettings(slots=4, threads=1, context=8192, cache_ram_mib=64)
+# Fitted to `make bench-engine`'s TTFT p50 (engine_reference.json): the servers' prefill rate
+# under this load, a decode step that slows by half for each other slot decoding with it on one
+# thread, and about what the slots (8,192 tokens) and the host cache (64 MiB at 4 KiB a token)
+# hold between them.
+ENGINE_SIM = SimSettings(
+    cache_tokens=24_000, prefill_ms_per_token=0.38, decode_ms_per_token=3.0, time_scale=1.0,
+    decode_batch_penalty=0.5,
+)  # fmt: skip
+_ENGINE = Profile(
+    "engine", users=16, turns_per_user=12, pareto_alpha=1.3, min_turns=4, max_turns=8,
+    think=(0.5, 2.0), user_words=(40, 100), max_tokens=32,
+)  # fmt: skip
+
 _LIGHT = Profile(
     "light", users=24, turns_per_user=8, pareto_alpha=1.3, min_turns=4, max_turns=40,
     think=(2.0, 6.0), user_words=(80, 300), max_tokens=120,
@@ -265,7 +331,9 @@ _SKEW = ZipfActivity(
 )
 
 
-def _regimes(light: Profile, real: MultiRound, skew: ZipfActivity) -> dict[str, Regime]:
+def _regimes(
+    light: Profile, real: MultiRound, skew: ZipfActivity, engine: Profile
+) -> dict[str, Regime]:
     return {
         "light": Regime(
             "light", "light load", light, SimSettings(cache_tokens=200_000), 16,
@@ -280,12 +348,17 @@ def _regimes(light: Profile, real: MultiRound, skew: ZipfActivity) -> dict[str, 
             SimSettings(cache_tokens=96_000), 2, (hottest_queues_half_the_time,),
             (p99_cut, hit_within(5), hit_above_load_only),
         ),
+        "engine": Regime(
+            "engine", "engine-sized chat (the llama.cpp profile)", engine, ENGINE_SIM,
+            ENGINE_LLAMA.slots, (), (ttft_near_llama,), workers=2,
+        ),
     }  # fmt: skip
 
 
-REGIMES = _regimes(_LIGHT, _REAL, _SKEW)
+REGIMES = _regimes(_LIGHT, _REAL, _SKEW, _ENGINE)
 QUICK_REGIMES = _regimes(
     replace(_LIGHT, users=16, turns_per_user=4),
     replace(_REAL, duration=32.0),
     replace(_SKEW, duration=40.0, rate=4.0),
+    _ENGINE,  # the workload the real servers' reference was measured on: 1 run instead of 3
 )

@@ -145,6 +145,15 @@ def summarise(
     )
 
 
+def ttft_by_turn(records: Sequence[Record], turns: int = 12) -> tuple[float, ...]:
+    """TTFT p50 of the successful requests of each turn number 1..`turns` (NaN where none)."""
+    by_turn: defaultdict[int, list[float]] = defaultdict(list)
+    for r in records:
+        if r.ok and r.ttft is not None:
+            by_turn[r.turn].append(r.ttft)
+    return tuple(percentile(by_turn.get(t, []), 0.5) for t in range(1, turns + 1))
+
+
 def sessions_on_one_worker(records: Sequence[Record]) -> float:
     """Share of the sessions with at least two successful requests that were all served by
     one worker."""
@@ -215,6 +224,7 @@ class RunResult:
     peak_kv: float
     cache_fill: float
     load_average: float
+    turn_ttft_p50: tuple[float, ...] = ()
 
     @property
     def hottest(self) -> str:

@@ -1,7 +1,8 @@
 """What each worker says about its own queue during a run, sampled on a timer.
 
 Reads every worker's `/metrics` (vLLM's `num_requests_running`, `num_requests_waiting` and
-`kv_cache_usage_perc`, parsed by the router's own parser) every `interval` wall seconds in a
+`kv_cache_usage_perc`, or another engine's names for them, parsed by the router's own parser)
+every `interval` wall seconds in a
 thread of its own, so the player's event loop is not disturbed. A worker *queues* in a sample
 when its waiting count is above 0: requests are held by its batch limit.
 """
@@ -17,8 +18,6 @@ from types import TracebackType
 
 from router.fleet.engines import MetricsParseError, metric_names, parse_load
 
-_VLLM = metric_names("vllm")
-
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -32,8 +31,11 @@ class Sample:
 class QueueSampler:
     """A context manager: samples from entry to exit; `samples` holds them all."""
 
-    def __init__(self, workers: Mapping[str, str], interval: float = 0.1) -> None:
+    def __init__(
+        self, workers: Mapping[str, str], interval: float = 0.1, engine: str = "vllm"
+    ) -> None:
         self._workers = dict(workers)
+        self._names = metric_names(engine)
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="queue-sampler", daemon=True)
@@ -64,7 +66,7 @@ class QueueSampler:
         try:
             with urllib.request.urlopen(url + "/metrics", timeout=1.0) as resp:
                 text = resp.read().decode()
-            reading = parse_load(text, _VLLM)
+            reading = parse_load(text, self._names)
         except (OSError, MetricsParseError):
             return None
         return Sample(

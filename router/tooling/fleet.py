@@ -1,4 +1,5 @@
-"""A local fleet: simulated worker processes, a Redis of its own if asked, and a router in front.
+"""A local fleet: simulated worker processes (or real llama.cpp servers), a Redis of its own if
+asked, and a router in front.
 
 The one way the demo, the tests, the load tests and the benchmarks assemble one. Every process
 listens on a free loopback port and is stopped by PID; a fleet that fails to start stops what
@@ -26,9 +27,13 @@ import redis
 import yaml
 
 from router.config import Settings, parse_settings
+from router.tooling.engine.build import require as require_engine
+from router.tooling.engine.model import TinyModel
+from router.tooling.engine.model import ensure as ensure_model
 from router.tooling.launch import (
     free_port,
     kill_process,
+    pin,
     start_process,
     start_python,
     stop_process,
@@ -52,13 +57,42 @@ class SimSettings:
     prefill_ms_per_token: float = 0.3
     decode_ms_per_token: float = 25.0
     time_scale: float = 0.25
+    decode_batch_penalty: float = 0.02
 
     def flags(self) -> list[str]:
         return [
             "--cache-tokens", str(self.cache_tokens),
             "--prefill-ms-per-token", str(self.prefill_ms_per_token),
             "--decode-ms-per-token", str(self.decode_ms_per_token),
+            "--decode-batch-penalty", str(self.decode_batch_penalty),
             "--time-scale", str(self.time_scale),
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaSettings:
+    """`llama-server` knobs for a few servers sharing a small CPU-only machine.
+
+    `context` is the server's whole context, split evenly over its `slots` (each conversation
+    holds one slot while it is answered); `cache_ram_mib` bounds the host prompt cache that
+    keeps idle slots' prompts for reuse (what fills and evicts under a long run); `threads` is
+    the server's compute threads, for prompt and generation alike."""
+
+    slots: int = 4
+    threads: int = 1
+    context: int = 8192
+    cache_ram_mib: int = 64
+    batch: int = 512
+    model: TinyModel = field(default_factory=TinyModel)
+
+    def flags(self) -> list[str]:
+        return [
+            "--parallel", str(self.slots),
+            "--threads", str(self.threads), "--threads-batch", str(self.threads),
+            "--ctx-size", str(self.context),
+            "--cache-ram", str(self.cache_ram_mib),
+            "--batch-size", str(self.batch),
+            "--metrics", "--no-webui", "--jinja",
         ]  # fmt: skip
 
 
@@ -110,6 +144,68 @@ class SimWorker(_OwnedProcess):
         self.launch()
         self.wait()
         return self
+
+    def reset_cache(self) -> None:
+        """Empty the prefix cache, so a run starts cold."""
+        request = urllib.request.Request(self.url + "/sim/reset-cache", method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            resp.read()
+
+
+@dataclass
+class LlamaServer(_OwnedProcess):
+    """One `llama-server` (the cached build, `router.tooling.engine.build`) serving `model`;
+    it can be stopped, killed (SIGKILL) and started again on its port. `log`, when given,
+    receives the server's output."""
+
+    name: str
+    port: int
+    binary: Path
+    model: Path
+    settings: LlamaSettings
+    cpus: frozenset[int] | None = None
+    log: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [str(self.binary), "--model", str(self.model), "--alias", self.name,
+                "--host", LOOPBACK, "--port", str(self.port), *self.settings.flags()]  # fmt: skip
+
+    def launch(self) -> None:
+        if self.log is None:
+            self.proc = start_process(self.argv(), cpus=self.cpus)
+            return
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=pin(self.cpus),
+            )  # fmt: skip
+
+    def wait(self) -> None:
+        """Until /health answers 200 (it answers 503 while the model loads)."""
+        wait_http_ok(self.url + "/health", timeout=LLAMA_START_TIMEOUT, proc=self.proc)
+
+    def start(self) -> LlamaServer:
+        self.launch()
+        try:
+            self.wait()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def reset_cache(self) -> None:
+        """A restart: llama-server has no call that empties its host prompt cache."""
+        self.stop()
+        self.start()
+
+
+Worker = SimWorker | LlamaServer
+LLAMA_START_TIMEOUT = 60.0
 
 
 @dataclass
@@ -213,6 +309,12 @@ class RouterProcess:
         stop_process(self.proc)
 
 
+def llama_cpus() -> list[frozenset[int]]:
+    """One core per server, in turn over the cores this process may use (servers share a
+    core when there are more servers than cores); the router and clients are not pinned."""
+    return [frozenset({cpu}) for cpu in sorted(os.sched_getaffinity(0))]
+
+
 def admin_url(config: Mapping[str, Any] | Settings) -> str:
     """The base URL of the operator API of a router built from `config` (a config dict such as
     `router_config` returns, or its Settings): its own listener, `admin.listen`."""
@@ -244,6 +346,7 @@ async def router_in_process(settings: Settings) -> AsyncIterator[str]:
 class LocalFleet:
     """`count` simulated workers named sim-0.. started with the same sim flags, optionally a
     Redis of its own, and router configs for them. A context manager, or start() and stop().
+    `LocalFleet.llama(...)` has real llama.cpp servers instead.
 
     `router_defaults` are config sections every router of this fleet gets unless overridden.
     """
@@ -258,19 +361,57 @@ class LocalFleet:
         cpus: frozenset[int] | None = None,
     ) -> None:
         flags = tuple(extra)
-        self.workers = [SimWorker(f"sim-{i}", free_port(), flags, cpus) for i in range(count)]
+        self.workers: list[Worker] = [
+            SimWorker(f"sim-{i}", free_port(), flags, cpus) for i in range(count)
+        ]
         self.redis = RedisServer() if own_redis else None
         self._defaults = dict(router_defaults or {})
+
+    @classmethod
+    def llama(
+        cls,
+        count: int,
+        settings: LlamaSettings | None = None,
+        *,
+        own_redis: bool = False,
+        router_defaults: Mapping[str, Any] | None = None,
+        cpus: Sequence[frozenset[int]] | None = None,
+        logs: Path | None = None,
+    ) -> LocalFleet:
+        """`count` llama.cpp servers named llama-0.. on the cached build and the cached tiny
+        model (both made first when absent: the build takes minutes, `EngineNotBuilt` says
+        how). Server i runs on `cpus[i % len(cpus)]` (default: one core each, in turn, see
+        `llama_cpus`); routers get `engine: llamacpp`. `logs`: a directory for server logs."""
+        settings = settings or LlamaSettings()
+        engine = require_engine()
+        model = ensure_model(settings.model, engine)
+        layout = list(cpus) if cpus is not None else llama_cpus()
+        fleet = cls(0, own_redis=own_redis,
+                    router_defaults={"engine": "llamacpp", **(router_defaults or {})})  # fmt: skip
+        fleet.workers = [
+            LlamaServer(
+                f"llama-{i}", free_port(), engine.server, model, settings,
+                layout[i % len(layout)] if layout else None,
+                logs / f"llama-{i}.log" if logs is not None else None,
+            )
+            for i in range(count)
+        ]  # fmt: skip
+        return fleet
 
     @property
     def names(self) -> list[str]:
         return [w.name for w in self.workers]
 
     @property
+    def engine(self) -> str:
+        """The engine whose metric names the workers export: llamacpp or (simulated) vllm."""
+        return "llamacpp" if any(isinstance(w, LlamaServer) for w in self.workers) else "vllm"
+
+    @property
     def urls(self) -> list[str]:
         return [w.url for w in self.workers]
 
-    def by_name(self, name: str) -> SimWorker:
+    def by_name(self, name: str) -> Worker:
         return next(w for w in self.workers if w.name == name)
 
     def start(self) -> LocalFleet:
@@ -309,10 +450,8 @@ class LocalFleet:
 
     def reset_caches(self) -> None:
         """Empty every worker's prefix cache, so each run starts cold."""
-        for url in self.urls:
-            request = urllib.request.Request(url + "/sim/reset-cache", method="POST", data=b"")
-            with urllib.request.urlopen(request, timeout=5) as resp:
-                resp.read()
+        for worker in self.workers:
+            worker.reset_cache()
 
     def config(self, **overrides: Any) -> dict[str, Any]:
         """A router config for these workers on a free port, as a plain dict; each override

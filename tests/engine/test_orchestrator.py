@@ -1,0 +1,45 @@
+"""The orchestrator mode on a real engine: the client sends only its new message, the router
+rebuilds the conversation, and llama.cpp renders it with the model's own chat template
+(`tokenizer.chat_template` in the GGUF) into the very prompt the full history would give:
+same prompt tokens, and the previous turn's prompt found in the server's cache."""
+
+from __future__ import annotations
+
+import itertools
+
+import aiohttp
+
+from router.tooling.fleet import LocalFleet
+from tests.engine.chat import chat
+
+SYSTEM = {"role": "system", "content": "You are terse. Answer with one word when you can."}
+QUESTIONS = ["Where is the KV cache kept?", "And what evicts it?", "How long does it last?"]
+SERVER = {"x-kvrouter-history": "server", "x-session-id": "orchestrated-1"}
+
+
+async def test_a_rebuilt_prompt_renders_as_the_full_history_would(fleet: LocalFleet) -> None:
+    history: list[dict[str, str]] = [SYSTEM]
+    # Placement by the ring alone: this test is about the prompt, not about where it goes.
+    routing = {"policy": "consistent_hash"}
+    async with fleet.router_in_process(history={"access": "open"}, routing=routing) as url, \
+            aiohttp.ClientSession() as http:  # fmt: skip
+        replies = []
+        for number, question in enumerate(QUESTIONS):
+            sent = [SYSTEM] if number == 0 else []
+            reply = await chat(http, url, [*sent, {"role": "user", "content": question}],
+                               max_tokens=8, headers=SERVER)  # fmt: skip
+            assert reply.status == 200, reply.raw
+            replies.append(reply)
+            history += [{"role": "user", "content": question},
+                        {"role": "assistant", "content": reply.text}]  # fmt: skip
+        async with http.get(url + "/v1/sessions/orchestrated-1") as resp:
+            stored = await resp.json()
+        server = fleet.by_name(replies[-1].worker).url
+        # The whole conversation as a client that keeps its own history would send it.
+        direct = await chat(http, server, history[:-1], max_tokens=1)
+
+    assert len({r.worker for r in replies}) == 1, [(r.worker, r.route) for r in replies]
+    assert [m["content"] for m in stored["messages"]] == [m["content"] for m in history]
+    assert direct.usage["prompt_tokens"] == replies[-1].usage["prompt_tokens"]
+    for before, after in itertools.pairwise(replies):
+        assert after.cached >= before.usage["prompt_tokens"], (before.usage, after.usage)
