@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the router in front of 4 simulated workers, with a short chat load
 	$(PY) -m router demo --load
 
-test: $(STAMP)  ## the whole test suite
+test: $(STAMP)  ## the whole test suite: ruff, the tests, then the router on real llama.cpp servers (test-engine)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-engine
 
 engine: $(STAMP)  ## llama-server built once into ~/.cache/kvrouter (10-20 min on 2 cores; then cached) and the tiny model
+	@command -v cmake >/dev/null && command -v ninja >/dev/null || $(PY) -m pip install --quiet cmake ninja
 	$(PY) -m router.tooling.engine.build
 	$(PY) -m router.tooling.engine.model
 
