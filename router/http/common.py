@@ -44,6 +44,8 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
             "(limits.max_body_bytes)"
         )
     try:
+        if request.content.is_eof():  # the whole body came with the head: nothing to wait for
+            return await request.read()
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError:

@@ -214,12 +214,11 @@ class Forwarder:
         """One exchange up to the response head: the head, or the failure it ended in."""
         worker = decision.worker
         budget = min(self._timeouts.first_byte, max(remaining, 0.001))
+        body = out.body if out.body_for is None else out.body_for(worker)
         try:
-            async with asyncio.timeout(budget):
-                body = out.body if out.body_for is None else out.body_for(worker)
-                response = await self._client.request(
-                    worker.url, out.method, out.path_qs, out.headers, body
-                )
+            response = await self._client.request(
+                worker.url, out.method, out.path_qs, out.headers, body, timeout=budget
+            )
         except _BEFORE_HEAD as err:
             return None, before_head(err, worker, self._timeouts.connect, budget)
         status = response.status

@@ -69,14 +69,15 @@ class FakeClient:
         self.inflight_seen: list[int] = []
         self.pool: WorkerPool | None = None
 
-    async def request(self, url, method, target, headers, body):
+    async def request(self, url, method, target, headers, body, *, timeout=None):
         name = url.rsplit("/", 1)[-1]
         self.sent.append(name)
         if self.pool is not None:
             self.inflight_seen.append(sum(w.inflight for w in self.pool))
         outcome = self._script.get(name, 200)
-        if outcome == "hang":
-            await asyncio.sleep(60)
+        if outcome == "hang":  # bounded by `timeout`, as the real client bounds its wait
+            async with asyncio.timeout(timeout):
+                await asyncio.sleep(60)
         if outcome is ConnectFailed:
             raise ConnectFailed("refused", refused=True)
         if outcome == "connect_timeout":
@@ -187,8 +188,8 @@ async def test_a_retried_status_closes_the_first_response():
     responses: list[FakeResponse] = []
     original = FakeClient.request
 
-    async def recording(self, *args):
-        response = await original(self, *args)
+    async def recording(self, *args, **kwargs):
+        response = await original(self, *args, **kwargs)
         responses.append(response)
         return response
 

@@ -42,11 +42,19 @@ class UpstreamClient:
             pool.close()
 
     async def request(
-        self, url: str, method: str, target: str, headers: CIMultiDict[str], body: bytes
+        self,
+        url: str,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+        *,
+        timeout: float | None = None,
     ) -> Response:
         """Send one request to the worker at `url` and return once the response head is in.
 
-        The caller bounds the whole wait (connect + head) with its own timeout."""
+        `timeout` bounds the whole wait (a free slot, connecting, the head) in seconds:
+        TimeoutError past it. None leaves the bound to the caller."""
         pool = self._pools.get(url)
         if pool is None:
             pool = self._pools[url] = OriginPool(
@@ -54,17 +62,23 @@ class UpstreamClient:
             )
         wire = encode_request(method, target, pool.origin, headers, body)
         head_only = method == "HEAD"
-        lease = await pool.lease()
+        deadline = None if timeout is None else pool.loop.time() + timeout
+        if pool.full:
+            async with asyncio.timeout_at(deadline):
+                lease = await pool.lease()
+        else:
+            lease = await pool.lease()  # a free slot: no wait
         try:
             conn = lease.connection
             if conn is not None:
                 try:
-                    head = await conn.exchange(wire, head_only)
+                    head = await conn.exchange(wire, head_only, deadline)
                     return Response(lease, conn.status, head)
                 except ClosedBeforeHead:
                     pass  # closed while idle: the worker never saw the request
-            conn = lease.connection = await self._connect(pool)
-            head = await conn.exchange(wire, head_only)
+            async with asyncio.timeout_at(deadline):
+                conn = lease.connection = await self._connect(pool)
+            head = await conn.exchange(wire, head_only, deadline)
             return Response(lease, conn.status, head)
         except BaseException:
             lease.release(False)

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import enum
 import time
+from typing import Any
 
 import httptools
 from multidict import CIMultiDict
@@ -170,8 +171,11 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     # -- one exchange ----------------------------------------------------------------------
-    async def exchange(self, request: bytes, head_only: bool) -> CIMultiDict[str]:
-        """Write `request` and return the response's headers (`status` is set with them).
+    async def exchange(
+        self, request: bytes, head_only: bool, deadline: float | None = None
+    ) -> CIMultiDict[str]:
+        """Write `request` and return the response's headers (`status` is set with them);
+        TimeoutError when they are not in by `deadline` (loop time, None: no bound).
 
         If the wait ends any other way (closed, garbled, timed out, cancelled) the connection
         aborts itself, since it would be out of step with the worker."""
@@ -182,11 +186,16 @@ class Connection(asyncio.Protocol):
         self._head_only = head_only
         self._head_bytes = self._unanswered = 0
         self.transport.write(request)
+        # one timer on the head's future: a tenth of what `asyncio.timeout` costs per request
+        timer = None if deadline is None else self._loop.call_at(deadline, _expire, head)
         try:
             return await head
         except BaseException:
             self.abort()
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def take(self) -> list[bytes]:
         """The body chunks that arrived since the last call; raises the body's error if any."""
@@ -252,6 +261,6 @@ class Connection(asyncio.Protocol):
         self.abort()
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def _expire(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())

@@ -57,11 +57,16 @@ class OriginPool:
     async def lease(self) -> ConnectionLease:
         """A slot (waiting for one in turn when at the cap), with an idle connection if one is
         still fit for use."""
-        if self.limit and self.active >= self.limit:
+        if self.full:
             await self._wait_turn()
         else:
             self.active += 1
         return ConnectionLease(self, self._take_idle())
+
+    @property
+    def full(self) -> bool:
+        """Whether `lease()` would wait for a slot now."""
+        return bool(self.limit) and self.active >= self.limit
 
     def idle_count(self) -> int:
         return sum(1 for conn in self._idle if conn.state is IDLE)
