@@ -10,7 +10,7 @@ call to it unchanged and keeps a timer while a head is due:
 
 - armed when the connection is accepted (the first head), and when bytes of a new head arrive
   on an idle keep-alive connection (bytes after the previous request's body);
-- disarmed when a request starts (the `client_limits` middleware tells it);
+- disarmed when a request starts (the `admission` middleware tells it);
 - on expiry the connection is closed, without an answer: nothing was asked yet, and an
   unsolicited answer could be read as the answer to a later request.
 

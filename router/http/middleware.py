@@ -1,9 +1,9 @@
 """The app's middleware, outermost first: the access log when it is on
-(`router.http.access_log`), errors become OpenAI-shaped JSON, each request tells
-its connection's guard when it starts and ends (and is refused past the connection cap),
+(`router.http.access_log`), errors become OpenAI-shaped JSON; then admission: each request
+tells its connection's guard when it starts and ends (and is refused past the connection cap),
 HTTP/0.9, absolute-form targets and paths with dot-segments are refused, API keys name the
-tenant (a pass-through when no keys are configured), then the tenant's rate limits are
-checked (`router.http.limits`; a pass-through when none is set)."""
+tenant (a pass-through when no keys are configured); then the tenant's rate limits are checked
+(`router.http.limits`; a pass-through when none is set)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from router.http.limits import tenant_limits
 
 if TYPE_CHECKING:
     from router.http.access_log import AccessLog
+    from router.root import Router
 
 log = logging.getLogger("kvrouter")
 
@@ -65,31 +66,6 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(err, request_id_of(request))
 
 
-@web.middleware
-async def client_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tells the connection's guard (`router.http.connections`) that a request head came
-    whole and when its answer is done; a connection past `limits.max_client_connections` is
-    answered 503 and closed (`/healthz` is answered, and the connection closed too)."""
-    guard = request.app[ROOT].clients
-    conn = guard.of(request)
-    if conn is None:  # an app served without the guarded site
-        return await handler(request)
-    conn.request_started(request)
-    try:
-        if not conn.refused:
-            return await handler(request)
-        if request.path != "/healthz":
-            raise TooManyConnections(
-                f"the router has {guard.open} client connections open, over its limit of "
-                f"{guard.cap} (limits.max_client_connections); retry shortly"
-            )
-        response = await handler(request)
-        response.force_close()
-        return response
-    finally:
-        conn.request_finished()
-
-
 _SEGMENT_SEPARATORS = re.compile(r"[/\\]")
 _DECODINGS = 3
 
@@ -112,8 +88,7 @@ def has_dot_segment(raw_path: str) -> bool:
     return any(part in (".", "..") for part in _SEGMENT_SEPARATORS.split(path))
 
 
-@web.middleware
-async def plain_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+def check_plain(request: web.Request) -> None:
     """The request must be HTTP/1.x and its target a plain path. An absolute-form target (`GET http://host/`)
     is what a client sends to a forward proxy: a 421, whatever the host, so the router never
     looks like an open proxy. A path with dot-segments is refused, never forwarded: it passes
@@ -137,20 +112,51 @@ async def plain_requests(request: web.Request, handler: Handler) -> web.StreamRe
             f"path {raw_path!r} has a '.' or '..' segment (also when percent-encoded or after "
             "a backslash); send the path without dot-segments"
         )
-    return await handler(request)
 
 
-@web.middleware
-async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
+def authenticate(request: web.Request, root: Router) -> None:
     """With `auth.keys` set, requests under /v1/ and the proxied prefixes carry a valid key,
     whose tenant becomes `request[TENANT]`; without keys, everything passes."""
-    root = request.app[ROOT]
     authenticator = root.authenticator
     if authenticator.enabled and request.path.startswith(
         (*root.settings.proxy.prefixes, "/v1/")
     ):
         request[TENANT] = authenticator.tenant_of(request.headers.get("Authorization"))
-    return await handler(request)
+
+
+@web.middleware
+async def admission(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What a request passes before its handler, in this order (one middleware, since each
+    layer of them costs a coroutine per request):
+
+    1. the connection's guard (`router.http.connections`) is told that a request head came
+       whole, and when its answer is done; on a connection past
+       `limits.max_client_connections` the request is answered 503 and the connection closed
+       (`/healthz` is answered, and the connection closed too);
+    2. `check_plain`: HTTP/0.9, absolute-form targets and dot-segments are refused;
+    3. `authenticate`: an API key names the tenant (a pass-through without keys)."""
+    root = request.app[ROOT]
+    guard = root.clients
+    conn = guard.of(request)
+    if conn is None:  # an app served without the guarded site
+        check_plain(request)
+        authenticate(request, root)
+        return await handler(request)
+    conn.request_started(request)
+    try:
+        if conn.refused and request.path != "/healthz":
+            raise TooManyConnections(
+                f"the router has {guard.open} client connections open, over its limit of "
+                f"{guard.cap} (limits.max_client_connections); retry shortly"
+            )
+        check_plain(request)
+        authenticate(request, root)
+        response = await handler(request)
+        if conn.refused:
+            response.force_close()
+        return response
+    finally:
+        conn.request_finished()
 
 
 def middleware_stack(
@@ -158,5 +164,5 @@ def middleware_stack(
 ) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
     """The whole middleware order, outermost first; the access log, when it is on, outside
     everything, so it sees each answer as the client gets it."""
-    stack = [errors_to_json, client_limits, plain_requests, api_keys, tenant_limits]
+    stack = [errors_to_json, admission, tenant_limits]
     return stack if access_log is None else [access_log.middleware(), *stack]
