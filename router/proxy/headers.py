@@ -57,9 +57,17 @@ class TrustedProxies:
         return any(address in network for network in self._networks)
 
 
-def _is_forwarding(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in ("forwarded", "x-real-ip") or lowered.startswith("x-forwarded-")
+_FORWARDING = frozenset({"forwarded", "x-real-ip"})
+
+
+def _is_forwarding(lowered: str) -> bool:
+    return lowered in _FORWARDING or lowered.startswith("x-forwarded-")
+
+
+# never crosses to the worker: hop-by-hop, and the client's Content-Encoding (the body
+# forwarded is the one the server decoded: a client's gzip is not passed on)
+_NOT_FORWARDED = HOP_BY_HOP | {"content-encoding"}
+_NOT_FORWARDED_WITH_KEY = _NOT_FORWARDED | {"authorization"}
 
 
 def upstream_headers(
@@ -71,26 +79,42 @@ def upstream_headers(
 ) -> CIMultiDict[str]:
     """The client's headers without hop-by-hop ones, plus X-Forwarded-* and the request id;
     without `Authorization` when it carried the router's own API key. A peer that `trusted`
-    does not name has its own forwarding headers replaced (see the module's docstring)."""
-    headers = strip_hop_by_hop(request.headers)
-    if drop_authorization:
-        headers.popall("Authorization", None)
-    # the body forwarded is the one the server decoded: a client's gzip is not passed on
-    headers.popall("Content-Encoding", None)
+    does not name has its own forwarding headers replaced (see the module's docstring).
+
+    One pass over the client's headers, in their order; the request id takes the place of
+    the client's own `x-request-id` (its first), or comes last."""
+    source = request.headers
     peer = request.remote or ""
-    host = request.headers.get("Host")
-    if trusted.trusts(peer):
+    trust = trusted.trusts(peer)
+    dropped = _NOT_FORWARDED_WITH_KEY if drop_authorization else _NOT_FORWARDED
+    connection = source.get("connection")
+    if connection:
+        dropped = dropped | {token.strip().lower() for token in connection.split(",")}
+    headers: CIMultiDict[str] = CIMultiDict()
+    add = headers.add
+    has_id = False
+    for name, value in source.items():
+        lowered = name.lower()
+        if lowered in dropped or (not trust and _is_forwarding(lowered)):
+            continue
+        if lowered == "x-request-id":
+            if not has_id:
+                add(name, request_id)
+                has_id = True
+            continue
+        add(name, value)
+    host = source.get("Host")
+    if trust:
         prior = ", ".join(headers.popall("X-Forwarded-For", ()))
         headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
         headers.setdefault("X-Forwarded-Proto", request.scheme)
         if host:
             headers.setdefault("X-Forwarded-Host", host)
     else:
-        for name in {n for n in headers if _is_forwarding(n)}:
-            headers.popall(name, None)
-        headers["X-Forwarded-For"] = peer
-        headers["X-Forwarded-Proto"] = request.scheme
+        add("X-Forwarded-For", peer)
+        add("X-Forwarded-Proto", request.scheme)
         if host:
-            headers["X-Forwarded-Host"] = host
-    headers["x-request-id"] = request_id
+            add("X-Forwarded-Host", host)
+    if not has_id:
+        add("x-request-id", request_id)
     return headers
