@@ -148,23 +148,37 @@ class Loads:
             waiting = 0.0
         return Estimate(total - waiting, waiting, snap.kv_usage, True)
 
-    def saturated(self, worker: Worker, cap: int, now: float | None = None) -> bool:
+    def saturated(
+        self, worker: Worker, cap: int | Callable[[Worker], int], now: float | None = None
+    ) -> bool:
         """Whether `worker` is saturated now (see the module's docstring); `cap` is
-        bounded_load's cap, used only when the worker's own figures are stale."""
+        bounded_load's cap, or what computes it for `worker`, used only when the worker's own
+        figures are stale (see `full`)."""
         now = self._clock() if now is None else now
         return self._advance(worker.name, self.full(worker, cap, now), now)
 
-    def full(self, worker: Worker, cap: int, now: float | None = None, ahead: int = 0) -> bool:
+    def full(
+        self,
+        worker: Worker,
+        cap: int | Callable[[Worker], int],
+        now: float | None = None,
+        ahead: int = 0,
+    ) -> bool:
         """Whether `worker` passes the saturation test at this moment: requests wait there or
         its KV cache is past the limit (without fresh figures: its in-flight count is at
         `cap` and the floor, a test that already counts the next request). With `ahead`,
         as if that many more had been sent: whether the next one would wait. `saturated` is
-        this (without `ahead`) held for `hold`; this moves no state."""
+        this (without `ahead`) held for `hold`; this moves no state. A `cap` given as a
+        function is called only for a worker at the floor or above: below it the cap cannot
+        matter."""
         now = self._clock() if now is None else now
         load = self.estimate(worker, now, ahead)
         if load.fresh:
             return self._over(load.waiting, load.kv_usage)
-        return worker.inflight >= max(cap, self.floor)
+        inflight = worker.inflight
+        if inflight < self.floor:
+            return False
+        return inflight >= (cap if isinstance(cap, int) else cap(worker))
 
     def _over(self, waiting: float, kv_usage: float | None) -> bool:
         return waiting > _EPSILON or (kv_usage is not None and kv_usage >= self._kv_limit)

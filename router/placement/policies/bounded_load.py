@@ -33,11 +33,14 @@ def caps(
 ) -> Callable[[Worker], int]:
     """Each of the `ready` workers' cap as their load stands now, `weight` giving each one's
     weight (slow start's, for a worker ramping up): what a saturation test falls back on
-    without fresh figures."""
-    total_inflight = sum(map(_INFLIGHT, ready))
-    total_weight = sum(weight(w) for w in ready) or 1.0
+    without fresh figures. The pool's totals are summed when the first cap is asked for, so a
+    decision over fresh figures never walks the whole pool."""
+    totals: list[tuple[int, float]] = []
 
     def cap_of(worker: Worker) -> int:
+        if not totals:
+            totals.append((sum(map(_INFLIGHT, ready)), sum(weight(w) for w in ready) or 1.0))
+        total_inflight, total_weight = totals[0]
         return cap(load_factor, total_inflight, weight(worker), total_weight)
 
     return cap_of

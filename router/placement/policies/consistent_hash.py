@@ -49,11 +49,12 @@ class ConsistentHash:
     def _walk(self, key: str, prefer: Worker | None) -> tuple[Iterator[Worker], Worker, Worker]:
         """The ring walk from `key` past its ring home, the ring home, and the cache holder
         (`prefer`, a pinned worker, else the ring home)."""
-        walk = self._ring.walk(key)
-        home = next(walk, None)
-        if home is None:
+        ring = self._ring
+        if not ring:
             raise NoHealthyWorker()
-        return walk, home, prefer or home
+        start = ring.start(key)
+        home = ring.owner(start)
+        return ring.after(start), home, prefer or home
 
     def _fits(self) -> Fits | None:
         """A capacity test for this decision; None means every worker has room."""

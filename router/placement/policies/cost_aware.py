@@ -99,7 +99,7 @@ class CostAware(ConsistentHash):
         loads = self._loads
 
         def saturated(worker: Worker) -> bool:
-            return loads.saturated(worker, cap_of(worker), now)
+            return loads.saturated(worker, cap_of, now)
 
         return saturated
 
