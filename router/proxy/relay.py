@@ -170,12 +170,14 @@ class Relay:
         upstream = answer.response
         try:
             if upstream.complete:  # the usual small answer came with its head
-                body = await upstream.read()
+                body = upstream.read_complete()
             else:
                 async with asyncio.timeout_at(answer.deadline):
                     body = await upstream.read()
         except (BodyBroken, TimeoutError) as err:
             self._retry_whole(answer, err)
+        if answer.observer is None:
+            return self._whole_now(answer, headers, body)
         return await self._whole(answer, headers, body)
 
     async def _read_some(
@@ -208,7 +210,19 @@ class Relay:
     async def _whole(
         self, answer: Answer, headers: CIMultiDict[str], body: bytes
     ) -> web.Response:
-        upstream, decision, observer = answer.response, answer.decision, answer.observer
+        observer = answer.observer
+        self._count_whole(answer, body)
+        if observer is not None:
+            body = observer.feed(body) + await observer.finish()
+        return web.Response(body=body, status=answer.response.status, headers=headers)
+
+    def _whole_now(self, answer: Answer, headers: CIMultiDict[str], body: bytes) -> web.Response:
+        """`_whole` for an answer without an observer: nothing to wait for."""
+        self._count_whole(answer, body)
+        return web.Response(body=body, status=answer.response.status, headers=headers)
+
+    def _count_whole(self, answer: Answer, body: bytes) -> None:
+        upstream, decision = answer.response, answer.decision
         if upstream.status < 500:
             self._outcomes.succeeded(decision.worker)
         sniffer = answer.sniffer
@@ -218,9 +232,6 @@ class Relay:
         elif b'"usage"' in body:
             self._count_usage(decision, usage_from_json(body))
         self._observe(decision, upstream.status, answer.started, first_byte=True)
-        if observer is not None:
-            body = observer.feed(body) + await observer.finish()
-        return web.Response(body=body, status=upstream.status, headers=headers)
 
     async def _stream(
         self,

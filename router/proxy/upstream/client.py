@@ -63,11 +63,10 @@ class UpstreamClient:
         wire = encode_request(method, target, pool.origin, headers, body)
         head_only = method == "HEAD"
         deadline = None if timeout is None else pool.loop.time() + timeout
-        if pool.full:
+        lease = pool.lease_now()
+        if lease is None:
             async with asyncio.timeout_at(deadline):
                 lease = await pool.lease()
-        else:
-            lease = await pool.lease()  # a free slot: no wait
         try:
             conn = lease.connection
             if conn is not None:

@@ -36,6 +36,15 @@ class Response:
                 return b"".join(parts)
             await conn.wait_body(None)
 
+    def read_complete(self) -> bytes:
+        """The whole body of a response that is `complete` already: `read()` without a
+        coroutine."""
+        conn = self._lease.connection
+        if conn is None or not conn.complete:
+            raise RuntimeError("the response's body has not all arrived")
+        parts = conn.take()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     async def chunks(self, idle: float) -> AsyncIterator[bytes]:
         """Body data as it arrives; raises TimeoutError after `idle` seconds with none."""
         conn = self._lease.connection

@@ -57,10 +57,17 @@ class OriginPool:
     async def lease(self) -> ConnectionLease:
         """A slot (waiting for one in turn when at the cap), with an idle connection if one is
         still fit for use."""
+        found = self.lease_now()
+        if found is not None:
+            return found
+        await self._wait_turn()
+        return ConnectionLease(self, self._take_idle())
+
+    def lease_now(self) -> ConnectionLease | None:
+        """`lease()` when a slot is free now (no coroutine to run); None at the cap."""
         if self.full:
-            await self._wait_turn()
-        else:
-            self.active += 1
+            return None
+        self.active += 1
         return ConnectionLease(self, self._take_idle())
 
     @property
