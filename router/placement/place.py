@@ -29,8 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Coroutine
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from router.config import DrainSettings, LoadSettings, PinSettings, RoutingSettings
 from router.errors import DegradedRefusal, NoHealthyWorker
@@ -61,13 +60,13 @@ log = logging.getLogger("kvrouter.placement")
 SERVED_CAPACITY = 200_000
 
 
-@dataclass(frozen=True, slots=True)
-class PlacementContext:
+class PlacementContext(NamedTuple):
     """What one decision is about: the key's ring position (`hash_key`, None for requests
     without a key), the workers not to use (`avoid`: already tried for this request), the
     worker holding the session's cache after an earlier move (`pinned`), the size of the
     request body in bytes (`size`: what a move would have to recompute), and a draining worker
-    this session is existing on, which keeps it while its drain lasts (`existing`)."""
+    this session is existing on, which keeps it while its drain lasts (`existing`). A named
+    tuple, immutable and cheap to build: one is built per attempt."""
 
     hash_key: str | None
     avoid: Collection[str] = ()
@@ -232,8 +231,8 @@ class Balancer:
         decision = self.policy.choose(key, avoid, size=size)
         if decision.worker is pin:
             return Decision(pin, Route.AFFINITY, pin)
-        return replace(
-            decision, cache_holder=pin, rehomed=decision.rehomed or Rehome.RETURN_HOME
+        return decision._replace(
+            cache_holder=pin, rehomed=decision.rehomed or Rehome.RETURN_HOME
         )
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from router.fleet.workers import Worker, WorkerState
 
@@ -37,11 +36,11 @@ class Rehome(enum.StrEnum):
     SATURATED = "saturated"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """Where a request goes, why, which worker holds its key's cache (`cache_holder`: the
     pinned worker after a move, else the ring home), and, when those differ, why it was moved
-    (`rehomed`)."""
+    (`rehomed`). A named tuple: immutable like a frozen dataclass, and a third of its cost to
+    build (one is built per attempt)."""
 
     worker: Worker
     route: Route
