@@ -34,9 +34,8 @@ def encode_request(
 ) -> bytes:
     """The request as it goes on the wire: the caller's headers, Host and Content-Length set
     here (the caller must have removed hop-by-hop ones)."""
-    text = [f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
-    text.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+    text = [f"{name}: {value}\r\n" for name, value in headers.items()]
     if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
         text.append(f"Content-Length: {len(body)}\r\n")
-    text.append("\r\n")
-    return "".join(text).encode(*WIRE_TEXT) + body
+    head = f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n{''.join(text)}\r\n"
+    return head.encode(*WIRE_TEXT) + body
