@@ -23,9 +23,10 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     extractor = root.extractor
     query = query_values(request.rel_url.raw_query_string)
     view = RequestView(request.headers, query, body if extractor.needs_body else b"")
-    key = request[ROUTING_KEY] = extractor.extract(view, tenant=request.get(TENANT))
+    tenant = request.get(TENANT)  # set (never to None) when an API key named the tenant
+    key = request[ROUTING_KEY] = extractor.extract(view, tenant=tenant)
     headers = upstream_headers(
-        request, request_id, trusted=root.trusted_proxies, drop_authorization=TENANT in request
+        request, request_id, trusted=root.trusted_proxies, drop_authorization=tenant is not None
     )
     out = Outgoing(request.method, request.rel_url.raw_path_qs, headers, body, request_id, key)
     return await root.forwarder.forward(request, out)
