@@ -53,14 +53,18 @@ class GuardedConnection(asyncio.Protocol):
     """One client connection: aiohttp's protocol inside, the head timer around it."""
 
     __slots__ = (
-        "_body", "_busy", "_guard", "_inner", "_pipelined", "_timer", "refused", "transport",
+        "_body", "_busy", "_due", "_guard", "_inner", "_loop", "_pipelined", "_timer",
+        "_timer_at", "refused", "transport",
     )  # fmt: skip
 
     def __init__(self, guard: ClientGuard, inner: asyncio.Protocol) -> None:
         self._guard = guard
         self._inner = inner
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due: float | None = None  # when the head that is due must be whole (loop time)
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._body: StreamReader | None = None  # the last request's (not the request: its
         self._busy = False  # body, once read, would stay in memory while the connection idles)
         self._pipelined = False
@@ -69,6 +73,7 @@ class GuardedConnection(asyncio.Protocol):
     # -- asyncio.Protocol, forwarded -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
         self.refused = self._guard.joined(self)
         self._arm()  # the first head is due from the accept
         self._inner.connection_made(transport)
@@ -78,7 +83,7 @@ class GuardedConnection(asyncio.Protocol):
         if body is None or body.is_eof():  # bytes of a new head, not of the last request's body
             if self._busy:
                 self._pipelined = True
-            elif self._timer is None:
+            elif self._due is None:
                 self._arm()
         self._inner.data_received(data)
 
@@ -87,6 +92,9 @@ class GuardedConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._guard.left(self)
         self._body = None
         self.transport = None
@@ -111,18 +119,32 @@ class GuardedConnection(asyncio.Protocol):
             self._arm()
 
     # -- the head timer --------------------------------------------------------------------
+    # Armed and disarmed once per request, so it is lazy: arming sets when the head is due and
+    # starts a timer only if none is running; disarming only forgets the due time. A timer that
+    # fires with nothing due stops; with a head due later (armed again since) it waits for it.
     def _arm(self) -> None:
-        if self._timer is None and self.transport is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._guard.header_timeout, self._expired)
+        loop = self._loop
+        if self._due is None and self.transport is not None and loop is not None:
+            self._due = due = loop.time() + self._guard.header_timeout
+            timer = self._timer
+            if timer is not None and self._timer_at > due:  # the timeout was shortened
+                timer.cancel()
+                timer = None
+            if timer is None:
+                self._timer, self._timer_at = loop.call_at(due, self._expired), due
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._due = None
 
     def _expired(self) -> None:
         self._timer = None
+        due, loop = self._due, self._loop
+        if due is None or loop is None:
+            return
+        if due - loop.time() > _TIMER_SLACK:  # armed again since this timer was started
+            self._timer, self._timer_at = loop.call_at(due, self._expired), due
+            return
+        self._due = None
         transport = self.transport
         if self._busy or transport is None or transport.is_closing():
             return
@@ -131,6 +153,10 @@ class GuardedConnection(asyncio.Protocol):
             return
         self._guard.timed_out()
         transport.close()
+
+
+_TIMER_SLACK = 0.001
+"""The event loop's clock counts milliseconds: a timer may fire up to this early."""
 
 
 class ClientGuard:

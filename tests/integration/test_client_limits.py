@@ -101,6 +101,23 @@ async def test_a_slow_head_on_a_kept_alive_connection_is_cut_too_and_idle_ones_a
         assert took is not None and took < 0.4 + SLACK, took
 
 
+async def test_a_head_begun_just_before_the_last_heads_timer_ran_out_gets_its_full_timeout():
+    """The head timer is reused across requests on a connection: a head that starts late in
+    the previous head's window is still given the whole `header_timeout` of its own."""
+    async with RecordingWorker() as worker, limited_router(
+        worker, header_timeout=0.6, keepalive_timeout=30
+    ) as (port, _root):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/v1/chat", b"x-session-id: a"))
+        assert (await read_answer(reader, 5)).status == 200
+        await asyncio.sleep(0.4)  # the first head's timer would run out 0.2 s into the next
+        dripping = asyncio.create_task(drip(writer, SLOW_HEAD, 0.05))
+        took = await cut_after(reader, 0.6 + SLACK + 2)
+        dripping.cancel()
+        writer.transport.abort()
+        assert took is not None and 0.5 < took < 0.6 + SLACK, took
+
+
 async def test_a_pipelined_slow_head_gets_its_timer_when_the_answer_before_it_is_done():
     async with RecordingWorker() as worker, limited_router(
         worker, header_timeout=0.4, keepalive_timeout=30
