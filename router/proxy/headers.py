@@ -57,17 +57,18 @@ class TrustedProxies:
         return any(address in network for network in self._networks)
 
 
-_FORWARDING = frozenset({"forwarded", "x-real-ip"})
-
-
-def _is_forwarding(lowered: str) -> bool:
-    return lowered in _FORWARDING or lowered.startswith("x-forwarded-")
-
-
 # never crosses to the worker: hop-by-hop, and the client's Content-Encoding (the body
-# forwarded is the one the server decoded: a client's gzip is not passed on)
+# forwarded is the one the server decoded: a client's gzip is not passed on); from a peer not
+# trusted, the forwarding headers too (and every `X-Forwarded-*`)
 _NOT_FORWARDED = HOP_BY_HOP | {"content-encoding"}
-_NOT_FORWARDED_WITH_KEY = _NOT_FORWARDED | {"authorization"}
+_FORWARDING = frozenset({"forwarded", "x-real-ip"})
+_DROPPED = {
+    (trusted, with_key): _NOT_FORWARDED
+    | (frozenset() if trusted else _FORWARDING)
+    | ({"authorization"} if with_key else frozenset())
+    for trusted in (False, True)
+    for with_key in (False, True)
+}
 
 
 def upstream_headers(
@@ -86,7 +87,7 @@ def upstream_headers(
     source = request.headers
     peer = request.remote or ""
     trust = trusted.trusts(peer)
-    dropped = _NOT_FORWARDED_WITH_KEY if drop_authorization else _NOT_FORWARDED
+    dropped = _DROPPED[trust, drop_authorization]
     connection = source.get("connection")
     if connection:
         dropped = dropped | {token.strip().lower() for token in connection.split(",")}
@@ -95,11 +96,11 @@ def upstream_headers(
     has_id = False
     for name, value in source.items():
         lowered = name.lower()
-        if lowered in dropped or (not trust and _is_forwarding(lowered)):
+        if lowered in dropped or (not trust and lowered.startswith("x-forwarded-")):
             continue
         if lowered == "x-request-id":
             if not has_id:
-                add(name, request_id)
+                add("x-request-id", request_id)
                 has_id = True
             continue
         add(name, value)

@@ -10,6 +10,7 @@ from router.tooling.launch import free_port
 from tests.integration.test_orchestrator import SERVER, settings_for
 from tests.integration.test_orchestrator import upstream as upstream  # the fixture
 from tests.integration.test_proxy import echo_upstream as echo_upstream  # the fixture
+from tests.raw_http import RecordingWorker, get, send_raw
 
 FORGED = {
     "X-Forwarded-For": "203.0.113.66",
@@ -69,3 +70,32 @@ async def test_orchestrator_requests_get_the_same_treatment(upstream, router_in_
     assert sent["x-forwarded-for"] == "127.0.0.1" and sent["x-forwarded-proto"] == "http"
     assert sent["x-forwarded-host"] == url.removeprefix("http://")
     assert not {"forwarded", "x-real-ip", "x-forwarded-port"} & set(sent), sent
+
+
+async def test_the_worker_gets_the_clients_headers_in_order_with_one_request_id(router_in_process):
+    """Exactly the header lines a worker receives: the client's end-to-end headers in their
+    order (repeats kept), the request id in place of its first `x-request-id` and no second
+    one, hop-by-hop ones and those named by Connection gone, the forwarding headers last."""
+    async with RecordingWorker() as worker:
+        async with router_in_process(settings(worker.url)) as url:
+            port = int(url.rpartition(":")[2])
+            answer = await send_raw(port, get(
+                "/v1/anything", b"Connection: keep-alive, X-Secret", b"X-Secret: hop",
+                b"x-session-id: s1", b"X-Request-Id: req-7", b"Accept: a/b", b"Accept: c/d",
+                b"x-request-id: second", b"Keep-Alive: timeout=5", b"X-Forwarded-Port: 1",
+                b"Authorization: Bearer passed-on",
+            ))  # fmt: skip
+    assert answer.status == 200
+    lines = worker.requests[0].split(b"\r\n")
+    assert lines[0] == b"GET /v1/anything HTTP/1.1"
+    assert [line for line in lines[1:] if line] == [
+        b"Host: 127.0.0.1:" + str(worker.port).encode(),
+        b"x-session-id: s1",
+        b"x-request-id: req-7",
+        b"Accept: a/b",
+        b"Accept: c/d",
+        b"Authorization: Bearer passed-on",
+        b"X-Forwarded-For: 127.0.0.1",
+        b"X-Forwarded-Proto: http",
+        b"X-Forwarded-Host: router.test",  # the Host the client sent
+    ]
