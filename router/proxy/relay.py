@@ -211,9 +211,10 @@ class Relay:
         self, answer: Answer, headers: CIMultiDict[str], body: bytes
     ) -> web.Response:
         observer = answer.observer
+        if observer is None:
+            return self._whole_now(answer, headers, body)
         self._count_whole(answer, body)
-        if observer is not None:
-            body = observer.feed(body) + await observer.finish()
+        body = observer.feed(body) + await observer.finish()
         return web.Response(body=body, status=answer.response.status, headers=headers)
 
     def _whole_now(self, answer: Answer, headers: CIMultiDict[str], body: bytes) -> web.Response:
