@@ -5,11 +5,13 @@ moves by 10-30 % between runs there; this by about 3 %).
     python -m router.tooling.bench.instructions CHECKOUT [CHECKOUT ...] [--runs 2] [--seconds 15]
 
 Each checkout's `kvrouter serve` (default settings, two `fast_upstream.py` workers) runs under
-callgrind with instrumentation off; after a warm-up, counting is turned on for `--seconds` of
-wrk load (16 connections: under valgrind the router is some 50x slower, so 64 would only
-queue), then off, and the count is divided by the requests wrk completed meanwhile. Checkouts
-are measured in turns, `--runs` times each. Counts user-space instructions only: the kernel's
-share of a request (the socket calls) is the same for every checkout and is not in them.
+callgrind with instrumentation off; after a warm-up, instructions are counted over `--seconds`
+of wrk load (16 connections: under valgrind the router is some 50x slower, so 64 would only
+queue) and over as long a time idle; the idle count (health probes, load scrapes: work done
+per second, not per request), scaled to the loaded time, is taken off and the rest divided by
+the requests wrk completed. Checkouts are measured in turns, `--runs` times each. Counts
+user-space instructions only: the kernel's share of a request (the socket calls) is the same
+for every checkout and is not in them.
 Needs valgrind (`apt-get install valgrind`) and wrk (`apt-get install wrk`).
 """
 
@@ -22,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -46,14 +49,18 @@ def _wrk(url: str, seconds: int) -> int:
     return int(found["requests"]) - int(found["status_errors"])
 
 
-def _counted(out: Path) -> int:
-    """The instructions in callgrind's dumps (`totals:` of each part)."""
-    total = 0
-    for part in out.parent.glob(out.name + "*"):
-        for line in part.read_text(errors="replace").splitlines():
-            if line.startswith("totals:"):
-                total += int(line.split()[1])
-    return total
+def _dump(pid: int, out: Path, part: int) -> int:
+    """Dump callgrind's counts since the last dump; the instructions in that part."""
+    subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
+    path = out.with_name(f"{out.name}.{part}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("totals:"):
+                    return int(line.split()[1])
+        time.sleep(0.2)
+    raise RuntimeError(f"callgrind wrote no {path}")
 
 
 def measure(checkout: Path, upstream_urls: list[tuple[str, str]], cores: Cores, seconds: int):
@@ -77,12 +84,16 @@ def measure(checkout: Path, upstream_urls: list[tuple[str, str]], cores: Cores, 
             _wrk(url, 3)  # warm up, uninstrumented
             control = ["callgrind_control"]
             subprocess.run([*control, "-i", "on", str(proc.pid)], capture_output=True, check=True)
+            _dump(proc.pid, out, 1)  # what instrumenting cost, not counted
+            started = time.monotonic()
             served = _wrk(url, seconds)
+            loaded, took = _dump(proc.pid, out, 2), time.monotonic() - started
+            time.sleep(seconds)  # idle: health probes, load scrapes and timers alone
+            idle, idled = _dump(proc.pid, out, 3), time.monotonic() - started - took
             subprocess.run([*control, "-i", "off", str(proc.pid)], capture_output=True, check=True)
-            subprocess.run([*control, "-d", str(proc.pid)], capture_output=True, check=True)
         finally:
             stop_process(proc)
-        return _counted(out) / max(served, 1), served
+        return (loaded - idle * took / idled) / max(served, 1), served
 
 
 def main(argv: list[str] | None = None) -> int:
