@@ -5,11 +5,11 @@ settings, pinned to one core as in `kvrouter bench`) while wrk drives it through
     python -m router.tooling.bench.profile [--seconds 15] [--out docs/profile/proxy.svg]
 
 Two sampling runs of `--seconds` each under the same load: one writes the flame graph (SVG),
-the other the collapsed stacks (`.txt` beside it), from which the table is made: each
-function's share of the samples by itself (self) and with what it calls (total). Also prints
-the router's CPU µs per request over the runs, from /proc. py-spy is not a dependency of the
-project: `pip install py-spy` (it needs ptrace rights over the router: root, or
-`kernel.yama.ptrace_scope = 0`).
+the other collapsed stacks, from which the table is made: each function's share of the samples
+by itself (self) and with what it calls (total). The table, with the router's CPU µs per
+request over the runs (from /proc), is printed and written beside the SVG (`.txt`). py-spy
+is not a dependency of the project: `pip install py-spy` (it needs ptrace rights over the
+router: root, or `kernel.yama.ptrace_scope = 0`).
 """
 
 from __future__ import annotations
@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     cores = Cores.split()
     ns.out.parent.mkdir(parents=True, exist_ok=True)
-    raw = ns.out.with_suffix(".txt")
     plan = FULL.__class__(**{**FULL.__dict__, "rate_seconds": ns.seconds + 2, "rate_warmup": 1})
     with tempfile.TemporaryDirectory() as workdir, ExitStack() as stack:
+        raw = Path(workdir) / "stacks.txt"
         upstreams = start_fast_upstreams(stack, cores)
         router = start_kvrouter(stack, cores, upstreams, Path(workdir))
         assert router.pid is not None
@@ -111,14 +111,18 @@ def main(argv: list[str] | None = None) -> int:
             if sampler.returncode != 0:
                 raise SystemExit(f"py-spy failed: {err.decode()[-800:]}")
         spent = cpu_seconds(router.pid) - spent
-    samples, rows = top_functions(raw.read_text().splitlines(), ns.top)
-    print(f"flame graph: {ns.out}; collapsed stacks: {raw}")
-    print(f"router CPU per request while sampled: {spent / max(served, 1) * 1e6:.0f} µs "
-          f"({served:,} requests; sampling adds its own cost)")  # fmt: skip
-    print(f"{samples} samples; share of samples in each function, by itself and in total")
-    print(f"{'self':>6} {'total':>6}  function")
-    for name, own, total in rows:
-        print(f"{own / samples:6.1%} {total / samples:6.1%}  {name}")
+        samples, rows = top_functions(raw.read_text().splitlines(), ns.top)
+    lines = [
+        f"router CPU per request while sampled: {spent / max(served, 1) * 1e6:.0f} µs "
+        f"({served:,} requests; sampling adds its own cost)",
+        f"{samples} samples; share of samples in each function, by itself and in total",
+        f"{'self':>6} {'total':>6}  function",
+        *(f"{own / samples:6.1%} {total / samples:6.1%}  {name}" for name, own, total in rows),
+    ]
+    table = ns.out.with_suffix(".txt")
+    table.write_text("\n".join(lines) + "\n")
+    print(f"flame graph: {ns.out}; this table: {table}")
+    print("\n".join(lines))
     return 0
 
 
