@@ -47,8 +47,12 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
             "(limits.max_body_bytes)"
         )
     try:
-        if request.content.is_eof():  # the whole body came with the head: nothing to wait for
-            return await request.read()
+        content = request.content
+        if content.is_eof():  # the whole body came with the head: take it, nothing to wait for
+            body = content.read_nowait()
+            if len(body) > limit:
+                raise web.HTTPRequestEntityTooLarge(limit, len(body))
+            return body
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError:
