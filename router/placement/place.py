@@ -36,7 +36,7 @@ from router.errors import DegradedRefusal, NoHealthyWorker
 from router.fleet.drain import Drains
 from router.fleet.load import Loads
 from router.fleet.workers import Worker, WorkerPool
-from router.metrics import Metrics
+from router.metrics import Children, Metrics
 from router.placement.policies import (
     Decision,
     Policy,
@@ -259,11 +259,13 @@ class Placement:
         self._drains = drains
         drain = drain or DrainSettings()
         self._served = ServedLog(store, drain.idle, SERVED_CAPACITY, clock)
+        pin_operations = Children(metrics.pin_operations)  # one dict lookup per count
         self._writes = BackgroundWrites(
             store.in_process,
-            lambda action, outcome: metrics.pin_operations.labels(action, outcome).inc(),
+            lambda action, outcome: pin_operations(action, outcome).inc(),
             "pin",
         )
+        self._rehomed = Children(metrics.rehomed)
         self.reconfigure(settings, drain)
 
     def reconfigure(self, settings: PinSettings, drain: DrainSettings | None = None) -> None:
@@ -293,7 +295,7 @@ class Placement:
         )
         self._placed[decision.route].inc()
         if decision.rehomed is not None:
-            self._metrics.rehomed.labels(decision.rehomed.value).inc()
+            self._rehomed(decision.rehomed.value).inc()
         if hash_key is not None and self._keyed:
             worker = decision.worker
             if self._note_served(key, hash_key, worker):

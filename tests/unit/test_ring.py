@@ -30,6 +30,10 @@ def test_a_keys_home_is_uhashrings_node_for_it():
         key = f"default\x1fs{i}"
         home = ring.home(key)
         assert home is not None and home.name == reference.get_node(key)
+        assert ring.home(key) is home  # asked again (the kept last key)
+        other = f"default\x1fo{i}"
+        assert ring.owner(ring.start(other)).name == reference.get_node(other)
+        assert ring.home(key) is home
 
 
 def test_the_walk_after_the_home_is_the_full_walk_without_it():

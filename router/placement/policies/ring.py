@@ -24,7 +24,7 @@ def key_point(key: str) -> int:
 class Ring:
     """Immutable once built; rebuild it when membership or weights change."""
 
-    __slots__ = ("_owners", "_points", "_size")
+    __slots__ = ("_last", "_owners", "_points", "_size")
 
     def __init__(self, workers: Sequence[Worker], vnodes: int) -> None:
         nodes = {
@@ -39,6 +39,7 @@ class Ring:
         self._points = [point for point, _ in points]
         self._owners = [by_name[name] for _, name in points]
         self._size = len(by_name)
+        self._last: tuple[str, int] | None = None
 
     def __len__(self) -> int:
         """How many workers are on the ring."""
@@ -46,9 +47,17 @@ class Ring:
 
     def start(self, key: str) -> int:
         """The index of the first ring point at or after the key's position (the key's ring
-        home owns it); the ring must not be empty."""
+        home owns it); the ring must not be empty. The last key's is kept: placement asks for
+        the ring home of the key it has just placed (to keep its pin in step), and an MD5 is
+        the dearest step of a decision."""
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
         index = bisect(self._points, key_point(key))
-        return 0 if index == len(self._points) else index
+        if index == len(self._points):
+            index = 0
+        self._last = (key, index)
+        return index
 
     def owner(self, index: int) -> Worker:
         return self._owners[index]
