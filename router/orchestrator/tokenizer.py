@@ -188,7 +188,10 @@ class LazyTokenizer:
 
 
 class WorkerTokenizer:
-    """Asks a worker's `/tokenize` for each message, with the configured timeout."""
+    """Asks a worker to count each message with its own tokenizer and chat template, with the
+    configured timeout: vLLM's (and SGLang's, and the simulated worker's) `POST /tokenize`
+    takes the messages and answers a `count`; llama.cpp's takes text (`content`) and answers
+    its `tokens`, so a message is first rendered with `POST /apply-template`."""
 
     name = "worker"
 
@@ -199,23 +202,44 @@ class WorkerTokenizer:
 
     async def count(self, messages: Sequence[Message]) -> list[int]:
         async with self._calls.worker() as worker:
-            return list(await asyncio.gather(*(self._one(worker, m) for m in messages)))
+            one = self._llamacpp if worker.engine == "llamacpp" else self._one
+            return list(await asyncio.gather(*(one(worker, m) for m in messages)))
 
     async def _one(self, worker: Worker, message: Message) -> int:
-        body = orjson.dumps({"messages": [message], "add_generation_prompt": False})
+        body = {"messages": [message], "add_generation_prompt": False}
+        document = await self._post(worker, "/tokenize", body)
+        if not isinstance(document.get("count"), int):
+            raise self._failed(worker, "/tokenize", "no count in its answer")
+        return int(document["count"])
+
+    async def _llamacpp(self, worker: Worker, message: Message) -> int:
+        body = {"messages": [message], "add_generation_prompt": False}
+        rendered = await self._post(worker, "/apply-template", body)
+        if not isinstance(rendered.get("prompt"), str):
+            raise self._failed(worker, "/apply-template", "no prompt in its answer")
+        text = {"content": rendered["prompt"], "add_special": False}
+        tokens = (await self._post(worker, "/tokenize", text)).get("tokens")
+        if not isinstance(tokens, list):
+            raise self._failed(worker, "/tokenize", "no tokens in its answer")
+        return len(tokens)
+
+    async def _post(self, worker: Worker, path: str, body: dict[str, Any]) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}
         try:
             async with self._session.post(
-                worker.url + "/tokenize", data=body, headers=headers, timeout=self._timeout
-            ) as resp:
+                worker.url + path, data=orjson.dumps(body), headers=headers,
+                timeout=self._timeout,
+            ) as resp:  # fmt: skip
                 document: Any = await resp.json(content_type=None)
-                if resp.status != 200 or not isinstance(document.get("count"), int):
+                if resp.status != 200 or not isinstance(document, dict):
                     raise ValueError(f"status {resp.status}")
-                return int(document["count"])
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as err:
-            raise TokenizerUnavailable(
-                f"tokenizer (worker {worker.name} /tokenize) failed: {err or type(err).__name__}"
-            ) from None
+                return document
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+            raise self._failed(worker, path, str(err) or type(err).__name__) from None
+
+    @staticmethod
+    def _failed(worker: Worker, path: str, why: str) -> TokenizerUnavailable:
+        return TokenizerUnavailable(f"tokenizer (worker {worker.name} {path}) failed: {why}")
 
 
 class EstimateFallback:

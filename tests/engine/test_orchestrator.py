@@ -43,3 +43,27 @@ async def test_a_rebuilt_prompt_renders_as_the_full_history_would(fleet: LocalFl
     assert direct.usage["prompt_tokens"] == replies[-1].usage["prompt_tokens"]
     for before, after in itertools.pairwise(replies):
         assert after.cached >= before.usage["prompt_tokens"], (before.usage, after.usage)
+
+
+async def test_history_counted_by_the_engines_own_tokenizer(fleet: LocalFleet) -> None:
+    """`history.tokenizer.kind: worker` on llama.cpp: each message rendered with the model's
+    template (`/apply-template`) and counted by its tokenizer (`/tokenize` on text), where
+    vLLM's `/tokenize` takes the messages; with a budget that holds about two turns, the
+    oldest turns are pruned by those counts and every turn is still answered."""
+    history = {"access": "open", "tokenizer": {"kind": "worker"}, "max_prompt_tokens": 160}
+    headers = {**SERVER, "x-session-id": "counted-by-llama"}
+    async with fleet.router_in_process(history=history) as url, aiohttp.ClientSession() as http:
+        replies = [
+            await chat(http, url, [{"role": "user", "content": q}], max_tokens=8, headers=headers)
+            for q in QUESTIONS * 2
+        ]
+        async with http.get(url + "/metrics") as resp:
+            metrics = await resp.text()
+    assert [r.status for r in replies] == [200] * len(replies), [r.raw for r in replies]
+    prompts = [r.usage["prompt_tokens"] for r in replies]
+    # unpruned, each turn's prompt would be longer than the one before; pruned by the counts,
+    # it stays near the budget (a message counted alone and inside the conversation can
+    # differ by a few tokens at its edges)
+    assert any(after < before for before, after in itertools.pairwise(prompts)), prompts
+    assert max(prompts) <= 160 * 1.25, prompts
+    assert "kvrouter_tokenizer_fallbacks_total 0.0" in metrics
