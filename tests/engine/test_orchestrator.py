@@ -64,6 +64,6 @@ async def test_history_counted_by_the_engines_own_tokenizer(fleet: LocalFleet) -
     # unpruned, each turn's prompt would be longer than the one before; pruned by the counts,
     # it stays near the budget (a message counted alone and inside the conversation can
     # differ by a few tokens at its edges)
-    assert any(after < before for before, after in itertools.pairwise(prompts)), prompts
+    assert any(after <= before for before, after in itertools.pairwise(prompts)), prompts
     assert max(prompts) <= 160 * 1.25, prompts
     assert "kvrouter_tokenizer_fallbacks_total 0.0" in metrics
