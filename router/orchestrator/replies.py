@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from router.proxy.sse import DONE, EventSplitter, data_of
+from router.proxy.sse import EventSplitter, json_of
 
 SSE_DONE = b"data: [DONE]\n\n"
 SSE_DONE_CRLF = b"data: [DONE]\r\n\r\n"
@@ -80,13 +80,7 @@ class ReplyCollector:
         return _message_of(b"".join(self._body))
 
     def _read_event(self, event: bytes) -> None:
-        for data in data_of(event):
-            if data == DONE:
-                continue
-            try:
-                document = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
+        for document in json_of(event):
             delta = _choice0(document).get("delta")
             if isinstance(delta, dict):
                 self._streamed.add(delta)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
+
+import orjson
 
 MAX_PENDING = 64 * 1024
 DONE = b"[DONE]"
@@ -47,3 +50,15 @@ def data_of(event: bytes) -> Iterator[bytes]:
     for line in event.split(b"\n"):
         if line.startswith(b"data:"):
             yield line[5:].strip()
+
+
+def json_of(event: bytes) -> Iterator[Any]:
+    """The JSON document of each `data:` line of one event; `[DONE]` and payloads that are not
+    JSON are passed over."""
+    for data in data_of(event):
+        if data == DONE:
+            continue
+        try:
+            yield orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import orjson
 from aiohttp import web
 
-from router.proxy.sse import DONE, EventSplitter, data_of
+from router.proxy.sse import EventSplitter, json_of
 
 CHARS_PER_TOKEN = 4.0
 """Characters of reply text per token, for replies without usage: OpenAI's rule of thumb for
@@ -106,13 +106,7 @@ class UsageSniffer:
                 self._read(event)
 
     def _read(self, event: bytes) -> None:
-        for data in data_of(event):
-            if data == DONE:
-                continue
-            try:
-                document = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
+        for document in json_of(event):
             found = usage_of(document)
             if found is not None:
                 self.usage = found
