@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,14 @@ import pytest
 from aiohttp import web
 
 from router.config import Settings
-from router.tooling.fleet import LocalFleet, RedisNotInstalled, RedisServer, RouterProcess
+from router.tooling.fleet import (
+    LocalFleet,
+    RedisNotInstalled,
+    RedisServer,
+    RouterProcess,
+    serving,  # noqa: F401  (tests import it from here)
+)
 from router.tooling.fleet import router_in_process as _router_in_process
-from router.tooling.launch import free_port
 from tests.dns_zone import dns_server  # noqa: F401  (a fixture)
 
 FAST_HEALTH = {"interval": 0.2, "timeout": 0.3, "fall": 2, "rise": 2, "jitter": 0.1}
@@ -86,19 +91,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     timeout = aiohttp.ClientTimeout(total=30, sock_connect=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         yield session
-
-
-@asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """`app` served on a free loopback port for the block; yields its base URL."""
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 async def healthy(_request: web.Request) -> web.Response:

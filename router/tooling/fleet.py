@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 import yaml
+from aiohttp import web
 
 from router.config import Settings, parse_settings
 from router.tooling.engine.build import require as require_engine
@@ -332,6 +333,19 @@ def router_config(workers: Iterable[tuple[str, str]], **sections: Any) -> dict[s
     if "admin" in sections and "listen" not in sections["admin"]:
         sections["admin"] = {**sections["admin"], "listen": f"{LOOPBACK}:{free_port()}"}
     return {"listen": f"{LOOPBACK}:{free_port()}", "workers": listed, **sections}
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """`app` served on a free loopback port for the block; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, LOOPBACK, port).start()
+    try:
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

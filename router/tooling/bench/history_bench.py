@@ -20,6 +20,7 @@ import random
 import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -165,15 +166,19 @@ async def main(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cli() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--redis-url`, or `--own-redis` for a private redis-server (see `run_on_redis`)."""
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument(
         "--own-redis", action="store_true", help="start a private redis-server on a free port"
     )
-    parser.add_argument("--quick", action="store_true", help="fewer samples")
-    parser.add_argument("--egress-turns", type=int, default=100)
-    ns = parser.parse_args()
+
+
+def run_on_redis(
+    main: Callable[[argparse.Namespace], Awaitable[int]], ns: argparse.Namespace
+) -> int:
+    """Run `main(ns)` on uvloop (when installed) against `ns.redis_url`, or against a private
+    redis-server started for the run and stopped by PID after it (`--own-redis`)."""
     try:
         import uvloop
 
@@ -189,6 +194,13 @@ def cli() -> int:
     finally:
         server.stop()
 
+
+def cli() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_redis_arguments(parser)
+    parser.add_argument("--quick", action="store_true", help="fewer samples")
+    parser.add_argument("--egress-turns", type=int, default=100)
+    return run_on_redis(main, parser.parse_args())
 
 if __name__ == "__main__":
     raise SystemExit(cli())

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import random
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +46,13 @@ from router.sim.embeddings import embed_text
 from router.store import SessionStore
 from router.store.redis import RedisStore
 from router.store.vectors import VectorBatch, model_tag, turn_digest
-from router.tooling.bench.history_bench import percentile, table
-from router.tooling.fleet import LocalFleet, RedisServer, router_in_process
+from router.tooling.bench.history_bench import (
+    add_redis_arguments,
+    percentile,
+    run_on_redis,
+    table,
+)
+from router.tooling.fleet import LocalFleet, router_in_process, serving
 from router.tooling.launch import free_port
 
 FACT = "Remember this: the access code for the Falcon storage vault is 4417."
@@ -118,18 +121,6 @@ class Recorder:
     @staticmethod
     async def health(_request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 async def turn_tokens(texts: list[str]) -> int:
@@ -469,27 +460,10 @@ async def main(ns: argparse.Namespace) -> int:
 
 def cli() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--own-redis", action="store_true",
-                        help="start a private redis-server on a free port")  # fmt: skip
+    add_redis_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="fewer samples and sessions")
     parser.add_argument("--plot", default="bench-out/recall_prefix_cache.png")
-    ns = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    if not ns.own_redis:
-        return asyncio.run(main(ns))
-    server = RedisServer().start()
-    try:
-        ns.redis_url = server.url
-        return asyncio.run(main(ns))
-    finally:
-        server.stop()
-
+    return run_on_redis(main, parser.parse_args())
 
 if __name__ == "__main__":
     raise SystemExit(cli())
